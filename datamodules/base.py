@@ -1,0 +1,176 @@
+"""``FederatedDataModule``: a dataset plus its partition into clients.
+
+Usable without flcore: ``dm = Digits(num_clients=20, partition=Dirichlet(0.5)); dm.setup();
+loader = dm.client_dataloader(3)``.
+
+Data are held in memory as pre-transformed tensors (inputs float32, already normalised; labels
+int64) and client batches are drawn by index (``__getitems__``), so a local epoch costs no
+per-sample Python work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import abstractmethod
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.partition import IID, Partitioner, label_distribution
+
+__all__ = ["FederatedDataModule", "IndexedTensors", "DatasetNotFoundError", "collate_batch"]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """Dataset files are missing and ``download`` is off; the message says where and how."""
+
+
+class IndexedTensors(Dataset):
+    """A view of ``(x, y)`` restricted to ``indices``, fetched a whole batch at a time.
+
+    Args:
+        x: ``(N, ...)`` inputs; y: ``(N,)`` labels; indices: positions into ``x`` (default all).
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, indices: Sequence[int] | np.ndarray | None = None):
+        self.x, self.y = x, y
+        self.indices = None if indices is None else torch.as_tensor(np.asarray(indices), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.y) if self.indices is None else len(self.indices)
+
+    def __getitems__(self, positions: list[int]) -> tuple[Tensor, Tensor]:
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        idx = pos if self.indices is None else self.indices[pos]
+        return self.x[idx], self.y[idx]
+
+    def __getitem__(self, position: int) -> tuple[Tensor, Tensor]:
+        idx = position if self.indices is None else int(self.indices[position])
+        return self.x[idx], self.y[idx]
+
+
+def collate_batch(batch):
+    """Collate for :class:`IndexedTensors`: batches arrive already stacked."""
+    return batch
+
+
+class FederatedDataModule(L.LightningDataModule):
+    """A train set split among ``num_clients`` clients, plus a global test set.
+
+    Subclasses implement :meth:`load` and set ``num_classes`` and ``input_shape``.
+
+    Args:
+        root: directory with the dataset files (downloaded there when ``download`` is true).
+        num_clients: number of clients N (>= 1, <= number of training samples).
+        partition: a :class:`~datamodules.partition.Partitioner` (default IID).
+        batch_size: local mini-batch size (default 50, as in the papers).
+        seed: seed of the partition (the split is a function of this seed alone).
+        download: fetch missing files (needs internet).
+        eval_batch_size: batch size of the test loader.
+
+    Raises:
+        ValueError: num_clients < 1, batch_size < 1 (construction); num_clients larger than the
+            training set (setup).
+        DatasetNotFoundError: files missing with ``download=False`` (setup).
+    """
+
+    num_classes: int = 0
+    input_shape: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        root: str = "data",
+        num_clients: int = 100,
+        partition: Partitioner | None = None,
+        batch_size: int = 50,
+        seed: int = 0,
+        download: bool = False,
+        eval_batch_size: int = 1000,
+    ):
+        super().__init__()
+        if num_clients < 1:
+            raise ValueError(f"data.num_clients: must be >= 1, got {num_clients}")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size: must be >= 1, got {batch_size}")
+        self.root = root
+        self.num_clients = int(num_clients)
+        self.partition = partition if partition is not None else IID()
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.seed = int(seed)
+        self.download = bool(download)
+        self.x_train: Tensor | None = None
+        self.client_indices: list[np.ndarray] = []
+
+    @abstractmethod
+    def load(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Return ``(x_train, y_train, x_test, y_test)``: float inputs ``(N, C, H, W)`` (or
+        ``(N, ...)``), int64 labels ``(N,)``.
+
+        Raises:
+            DatasetNotFoundError: files missing and ``self.download`` false.
+        """
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the data once and compute the partition (seeded by ``seed``)."""
+        if self.x_train is not None:
+            return
+        x_train, y_train, x_test, y_test = self.load()
+        self.x_train, self.y_train = x_train.contiguous(), y_train.long()
+        self.x_test, self.y_test = x_test.contiguous(), y_test.long()
+        labels = self.y_train.numpy()
+        self.client_indices = self.partition(labels, self.num_clients, np.random.default_rng(self.seed))
+
+    @property
+    def client_sizes(self) -> list[int]:
+        """Number of training samples of each client (after :meth:`setup`)."""
+        return [len(p) for p in self.client_indices]
+
+    def label_distribution(self) -> np.ndarray:
+        """``(num_clients, num_classes)`` label counts of the clients' training data."""
+        return label_distribution(self.y_train.numpy(), self.client_indices, self.num_classes)
+
+    def partition_checksum(self) -> str:
+        """SHA-256 of the partition (to check that a resumed run sees the same split)."""
+        h = hashlib.sha256()
+        for p in self.client_indices:
+            h.update(np.asarray(p, dtype=np.int64).tobytes())
+            h.update(b"|")
+        return h.hexdigest()
+
+    def client_dataset(self, cid: int) -> IndexedTensors:
+        """Training samples of client ``cid``."""
+        if not 0 <= cid < self.num_clients:
+            raise ValueError(f"client id: must be in [0, {self.num_clients}), got {cid}")
+        return IndexedTensors(self.x_train, self.y_train, self.client_indices[cid])
+
+    def client_dataloader(self, cid: int, generator: torch.Generator | None = None) -> DataLoader:
+        """Shuffled mini-batches of client ``cid``; ``generator`` fixes the order."""
+        return DataLoader(
+            self.client_dataset(cid),
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            collate_fn=collate_batch,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """All training data (centralised training; not used by the federated loop)."""
+        return DataLoader(
+            IndexedTensors(self.x_train, self.y_train), batch_size=self.batch_size, shuffle=True,
+            collate_fn=collate_batch,
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        """The global test set, in order."""
+        return DataLoader(
+            IndexedTensors(self.x_test, self.y_test), batch_size=self.eval_batch_size, collate_fn=collate_batch
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """Same as :meth:`test_dataloader` (the papers report test accuracy of the global model)."""
+        return self.test_dataloader()

@@ -1,0 +1,94 @@
+"""Atomic checkpoints of the federated state.
+
+A checkpoint is one ``torch.save`` file holding only tensors, dicts, lists, strings and numbers,
+so it loads with ``torch.load(weights_only=True)`` (no code can run). Writes go to a temporary
+file in the same directory, are fsync'ed, then renamed over the target (POSIX rename is
+atomic), so a kill at any moment leaves either the old or the new complete file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flcore.errors import ConfigError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "resolve_ckpt_path"]
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike, keep_last: int = 0) -> Path:
+    """Write ``payload`` atomically to ``path`` and point ``last.ckpt`` in that folder at it.
+
+    Args:
+        payload: ``weights_only``-loadable data.
+        path: target file, e.g. ``runs/x/version_0/checkpoints/round_0010.ckpt``.
+        keep_last: if > 0, delete older ``round_*.ckpt`` files beyond this many.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(payload, path)
+    _atomic_save(payload, path.parent / "last.ckpt")
+    if keep_last > 0:
+        for old in sorted(path.parent.glob("round_*.ckpt"))[:-keep_last]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _atomic_save(payload: dict[str, Any], path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_ckpt_path(ckpt_path: str, log_root: str | os.PathLike) -> Path:
+    """``"last"`` -> the newest ``last.ckpt`` under ``log_root``; otherwise the path itself.
+
+    Raises:
+        ConfigError: no checkpoint found.
+    """
+    if ckpt_path == "last":
+        found = sorted(Path(log_root).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(f"ckpt_path: 'last' found no checkpoints/last.ckpt under {os.path.abspath(log_root)}")
+        return found[-1]
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path: no such file: {path}")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``).
+
+    Raises:
+        ConfigError: the file is missing, truncated, corrupted or not an flcore checkpoint.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"ckpt_path: no such file: {path}") from None
+    except Exception as err:  # truncated zip, bad pickle, disallowed global, ...
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"ckpt_path: {path} is not a readable flcore checkpoint ({reason})") from None
+    if not isinstance(payload, dict) or "strategy_state" not in payload:
+        raise ConfigError(f"ckpt_path: {path} is not an flcore checkpoint (no strategy_state)")
+    return payload

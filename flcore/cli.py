@@ -1,0 +1,144 @@
+"""The ``flcore`` command: ``flcore fit | validate | test --config X.yaml`` (LightningCLI).
+
+The config has three sections: ``trainer`` (:class:`flcore.trainer.FederatedTrainer`), ``model``
+(a ``lightning_modules`` LightningModule with ``net`` and ``optimizer``) and ``data`` (a
+``datamodules.FederatedDataModule``), plus ``seed_everything``. Bad input ends with one line
+``flcore: error: <field>: <what is allowed>`` and exit status 2, before any training.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+import yaml
+from lightning.pytorch.cli import LightningCLI
+
+from datamodules.base import FederatedDataModule
+from flcore.errors import ConfigError
+from flcore.trainer import FederatedTrainer
+from lightning_modules.client import ClientModule
+
+__all__ = ["FlcoreCLI", "main"]
+
+
+class FlcoreCLI(LightningCLI):
+    """LightningCLI whose trainer is the :class:`FederatedTrainer`."""
+
+    def __init__(self, args=None, **kwargs):
+        super().__init__(
+            model_class=ClientModule,
+            datamodule_class=FederatedDataModule,
+            trainer_class=FederatedTrainer,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=None,
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},
+            args=args,
+            **kwargs,
+        )
+
+    def add_core_arguments_to_parser(self, parser) -> None:
+        # LightningCLI accepts only Lightning classes as the trainer; add ours as it adds Trainer
+        # (arguments parsed, instantiated by the CLI itself).
+        parser.add_class_arguments(self.trainer_class, "trainer", fail_untyped=False, instantiate=False, sub_configs=True)
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {
+            "fit": {"model", "datamodule"},
+            "validate": {"model", "datamodule"},
+            "test": {"model", "datamodule"},
+        }
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads hyper-parameters from a Lightning checkpoint here; flcore checkpoints
+        # are loaded (safely, weights_only) by FederatedTrainer itself.
+        return None
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except (ValueError, TypeError) as err:
+            raise ConfigError(_one_line(err)) from None
+
+    def _resolved_config(self) -> dict[str, Any]:
+        text = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+        cfg = yaml.safe_load(text)
+        cfg.pop("config", None)
+        cfg.pop("ckpt_path", None)
+        return cfg
+
+    def before_fit(self) -> None:
+        self.trainer.run_config = self._resolved_config()
+
+    before_validate = before_fit
+    before_test = before_fit
+
+
+_NOISE = ("Does not validate", "Subtypes:", "Errors:", "Given value", "Expected a <class 'NoneType'>",
+          "Parser key", "Problem with given class_path")
+
+
+def _subclass_names(qualname: str) -> list[str]:
+    """Names of the loaded concrete subclasses of the class at ``qualname``."""
+    import importlib
+
+    module, _, name = qualname.rpartition(".")
+    try:
+        base = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return []
+    found, todo = [], list(base.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        if not cls.__name__.startswith("_") and not getattr(cls, "__abstractmethods__", None):
+            found.append(f"{cls.__module__}.{cls.__name__}")
+    return sorted(set(found))
+
+
+def _one_line(err: BaseException) -> str:
+    """One line naming the field and the problem, from a nested multi-line jsonargparse error."""
+    lines = [ln.strip().lstrip("-").strip() for ln in str(err).splitlines() if ln.strip()]
+    if not lines:
+        return type(err).__name__
+    keys = [k for ln in lines for k in re.findall(r'Parser key "([^"]+)"', ln)]
+    classes = [c for ln in lines for c in re.findall(r"Problem with given class_path '([^']+)'", ln)]
+    bases = [b for ln in lines if ln.startswith("Subtypes:") for b in re.findall(r"<class '([^']+)'>", ln)
+             if b != "NoneType"]
+    reasons = [ln for ln in lines if not ln.startswith(_NOISE)]
+    reason = reasons[-1] if reasons else lines[0]
+    if classes and ("has no attribute" in reason or "No module named" in reason or "Import path" in reason):
+        allowed = _subclass_names(bases[-1]) if bases else []
+        reason = f"class_path {classes[-1]!r} cannot be imported ({reason})"
+        if allowed:
+            reason += f"; allowed: {', '.join(allowed)} or another subclass of {bases[-1].rsplit('.', 1)[-1]}"
+    field = ".".join(keys)
+    return f"{field}: {reason}" if field and not reason.startswith(field) else reason
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``flcore`` console script. Returns 0, or exits 2 on bad input."""
+    try:
+        FlcoreCLI(args=args)
+    except ConfigError as err:
+        print(f"flcore: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Exception as err:
+        from jsonargparse import ArgumentError
+
+        if isinstance(err, ArgumentError):
+            print(f"flcore: error: {_one_line(err)}", file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,29 @@
+"""Executors: how a round's local updates are run (sequentially here; process pools and Ray
+plug in behind the same interface)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from flcore.local import LocalRunner
+from flcore.strategies.base import ClientResult, ClientTask
+
+__all__ = ["Executor", "SequentialExecutor"]
+
+
+class Executor(ABC):
+    """Runs a round's tasks and returns their results in task order."""
+
+    @abstractmethod
+    def run(self, rnd: int, tasks: list[ClientTask], runner: LocalRunner) -> list[ClientResult]:
+        """Local updates of round ``rnd``; ``runner`` is the main process's reusable runner."""
+
+    def close(self) -> None:
+        """Release workers (none for the sequential executor)."""
+
+
+class SequentialExecutor(Executor):
+    """One client after another in this process, through the one reusable Trainer."""
+
+    def run(self, rnd, tasks, runner):
+        return [runner.fit(task, rnd) for task in tasks]

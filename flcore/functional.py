@@ -1,0 +1,345 @@
+"""Pure functions of federated aggregation on lists of ``state_dict``s.
+
+Every function here takes model states (``dict[str, Tensor]``, all with the same keys and
+shapes unless stated) and returns new ones; no function mutates its inputs or touches data,
+optimizers or trainers. Strategies in :mod:`flcore.strategies` hold state and call these.
+
+Buffer policy (applies to every averaging function in this module):
+
+* floating tensors (weights, biases, BatchNorm ``running_mean`` / ``running_var``) are averaged
+  in float32 or wider and cast back to their dtype;
+* integer and boolean tensors (BatchNorm ``num_batches_tracked``) cannot be averaged as floats
+  without changing their meaning, so they get the weighted mean *rounded to the nearest
+  integer* and cast back to their dtype. For ``num_batches_tracked`` this keeps a count of the
+  right magnitude (it only matters for BatchNorm with ``momentum=None``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+StateDict = dict[str, Tensor]
+
+__all__ = [
+    "StateDict",
+    "weighted_average",
+    "mix",
+    "cross_aggregate",
+    "in_order_partners",
+    "similarity_matrix",
+    "select_collaborators",
+    "recombine",
+    "module_groups",
+    "layerwise_average",
+    "state_bytes",
+]
+
+
+def _check_same_keys(states: Sequence[Mapping[str, Tensor]]) -> None:
+    if not states:
+        raise ValueError("states: need at least one state_dict, got an empty list")
+    keys = list(states[0].keys())
+    for i, s in enumerate(states[1:], start=1):
+        if list(s.keys()) != keys:
+            missing = sorted(set(keys) ^ set(s.keys()))[:3]
+            raise ValueError(f"states[{i}]: keys differ from states[0] (e.g. {missing})")
+
+
+def mix(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+    """Return ``sum_i weights[i] * tensors[i]`` with this module's buffer policy.
+
+    Args:
+        tensors: same-shape tensors, any dtype (all of one dtype).
+        weights: one float per tensor; used as given (not normalised).
+
+    Returns:
+        A new tensor of the inputs' shape and dtype. Floating inputs are accumulated in at least
+        float32; integer/bool inputs are accumulated in float64 and rounded to nearest.
+    """
+    first = tensors[0]
+    if first.is_floating_point():
+        acc_dtype = torch.promote_types(first.dtype, torch.float32)
+        out = torch.zeros(first.shape, dtype=acc_dtype, device=first.device)
+        for w, t in zip(weights, tensors):
+            out.add_(t.to(acc_dtype), alpha=float(w))
+        return out.to(first.dtype)
+    out = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
+    for w, t in zip(weights, tensors):
+        out.add_(t.to(torch.float64), alpha=float(w))
+    return out.round_().to(first.dtype)
+
+
+def weighted_average(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> StateDict:
+    """Weighted mean of K models, key by key (FedAvg, McMahan et al. 2017, Alg. 1).
+
+    ``w = sum_k (n_k / n) w_k`` with ``n = sum_k n_k``.
+
+    Args:
+        states: K state_dicts with identical keys and shapes.
+        weights: K non-negative numbers (e.g. client sample counts); normalised here.
+
+    Returns:
+        A new state_dict; integer buffers follow the module's rounding policy.
+
+    Raises:
+        ValueError: if ``states`` is empty, keys differ, lengths differ, or the weights sum to 0
+            or contain a negative value.
+    """
+    _check_same_keys(states)
+    if len(weights) != len(states):
+        raise ValueError(f"weights: expected {len(states)} values, got {len(weights)}")
+    total = float(sum(weights))
+    if total <= 0 or any(w < 0 for w in weights):
+        raise ValueError(f"weights: must be non-negative with a positive sum, got {list(weights)}")
+    norm = [float(w) / total for w in weights]
+    return {k: mix([s[k] for s in states], norm) for k in states[0]}
+
+
+def in_order_partners(k: int, rnd: int, num_partners: int = 1) -> list[list[int]]:
+    """Collaborative (or propeller) model indices of the in-order strategy.
+
+    FedCross paper, Sec. III-B.1: in round ``r`` model ``i`` takes model
+    ``(i + (r % (K-1) + 1)) % K``. With ``num_partners = m > 1`` (propeller models,
+    Sec. III-D) model ``i`` takes the next ``m`` models of that rotation:
+    ``(i + ((r + j) % (K-1) + 1)) % K`` for ``j = 0..m-1``. Each shift is a permutation of the
+    K models, so every model is used equally often and cross-aggregation keeps the sum.
+
+    Returns:
+        ``K`` lists of ``num_partners`` distinct indices, none equal to its own index.
+
+    Raises:
+        ValueError: if ``k < 2`` or ``num_partners`` is not in ``[1, K-1]``.
+    """
+    if k < 2:
+        raise ValueError(f"K (number of middleware models): must be >= 2, got {k}")
+    if not 1 <= num_partners <= k - 1:
+        raise ValueError(f"num_partners: must be in [1, {k - 1}] for K={k}, got {num_partners}")
+    return [[(i + ((rnd + j) % (k - 1) + 1)) % k for j in range(num_partners)] for i in range(k)]
+
+
+def cross_aggregate(
+    states: Sequence[Mapping[str, Tensor]], partners: Sequence[Sequence[int]], alpha: float
+) -> list[StateDict]:
+    """Multi-model cross-aggregation (FedCross paper, Sec. III-B.2, CrossAggr).
+
+    ``w_i = alpha * v_i + (1 - alpha) * mean_{p in partners[i]} v_p``. With one partner per
+    model this is the paper's ``alpha v_i + (1-alpha) v_co(i)``; with several (propeller models,
+    Sec. III-D) the collaborator share ``1 - alpha`` is split equally among them. Applies to every
+    key of the state_dict, buffers included (integer buffers rounded, see module docstring).
+
+    Args:
+        states: K uploaded models ``v_1..v_K``.
+        partners: for each ``i``, the indices of its collaborative / propeller models.
+        alpha: weight of the model itself, in ``[0.5, 1]``.
+
+    Returns:
+        K new state_dicts.
+
+    Raises:
+        ValueError: on a partner index out of range or equal to ``i``, or alpha out of range.
+    """
+    _check_same_keys(states)
+    k = len(states)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha: must be in [0, 1], got {alpha}")
+    if len(partners) != k:
+        raise ValueError(f"partners: expected {k} lists, got {len(partners)}")
+    out = []
+    for i, ps in enumerate(partners):
+        if not ps or any(not 0 <= p < k or p == i for p in ps):
+            raise ValueError(f"partners[{i}]: indices must be in [0, {k}) and differ from {i}, got {list(ps)}")
+        share = (1.0 - alpha) / len(ps)
+        members = [states[i]] + [states[p] for p in ps]
+        weights = [alpha] + [share] * len(ps)
+        out.append({key: mix([m[key] for m in members], weights) for key in states[i]})
+    return out
+
+
+def similarity_matrix(
+    states: Sequence[Mapping[str, Tensor]],
+    mode: str = "model",
+    keys: Sequence[str] | None = None,
+    chunk_elems: int = 1 << 22,
+) -> Tensor:
+    """K x K cosine similarities of models (FedCross paper, Sec. III-B.1).
+
+    The paper prints ``sum X_i Y_i / (||X|| + ||Y||)``; that is a typo: this computes the true
+    cosine similarity ``<X, Y> / (||X|| ||Y||)``.
+
+    * ``mode="model"``: one cosine over the whole flattened model (all floating entries).
+    * ``mode="layerwise"``: the sum over state_dict keys of the per-key cosine similarities,
+      as the FedCross authors' code does (range ``[-L, L]`` for L keys).
+
+    One pass over the models: each key's K tensors are stacked into a ``(K, n)`` float64 block
+    (columns in chunks of ``chunk_elems / K``) and the Gram matrix ``X X^T`` accumulated; no
+    loop over the K^2 pairs. A zero-norm model gets similarity 0 with every other model.
+
+    Args:
+        states: K state_dicts.
+        mode: ``"model"`` or ``"layerwise"``.
+        keys: entries to use; default every floating-point entry (integer buffers are skipped).
+        chunk_elems: bound on the float64 elements materialised at once.
+
+    Returns:
+        ``(K, K)`` float64 tensor, symmetric, diagonal 1 (or L in layerwise mode) where norms > 0.
+
+    Raises:
+        ValueError: on an unknown ``mode``.
+    """
+    if mode not in ("model", "layerwise"):
+        raise ValueError(f"similarity: must be one of ['model', 'layerwise'], got {mode!r}")
+    _check_same_keys(states)
+    k = len(states)
+    if keys is None:
+        keys = [key for key, t in states[0].items() if t.is_floating_point()]
+    total = torch.zeros(k, k, dtype=torch.float64)
+    gram_all = torch.zeros(k, k, dtype=torch.float64)
+    step = max(1, chunk_elems // k)
+    for key in keys:
+        flats = [s[key].detach().reshape(-1) for s in states]
+        gram = torch.zeros(k, k, dtype=torch.float64)
+        for start in range(0, flats[0].numel(), step):
+            block = torch.stack([f[start : start + step].to(torch.float64) for f in flats])
+            gram += block @ block.T
+        if mode == "layerwise":
+            total += _cosine_from_gram(gram)
+        else:
+            gram_all += gram
+    return total if mode == "layerwise" else _cosine_from_gram(gram_all)
+
+
+def _cosine_from_gram(gram: Tensor) -> Tensor:
+    norms = gram.diagonal().clamp_min(0).sqrt()
+    denom = norms[:, None] * norms[None, :]
+    return torch.where(denom > 0, gram / denom.clamp_min(1e-300), torch.zeros_like(gram))
+
+
+def select_collaborators(similarity: Tensor, criterion: str) -> list[int]:
+    """Collaborative model of each middleware model by similarity (FedCross Sec. III-B.1).
+
+    Args:
+        similarity: ``(K, K)`` matrix, higher = more similar.
+        criterion: ``"highest_similarity"`` (argmax) or ``"lowest_similarity"`` (argmin), in both
+            cases over ``j != i``; ties go to the smallest index.
+
+    Returns:
+        K indices, ``result[i] != i``.
+
+    Raises:
+        ValueError: on an unknown criterion or a matrix that is not square with K >= 2.
+    """
+    k = similarity.shape[0]
+    if similarity.dim() != 2 or similarity.shape[1] != k or k < 2:
+        raise ValueError(f"similarity: expected a square (K, K) matrix with K >= 2, got {tuple(similarity.shape)}")
+    s = similarity.to(torch.float64).clone()
+    eye = torch.eye(k, dtype=torch.bool)
+    if criterion == "highest_similarity":
+        return s.masked_fill(eye, float("-inf")).argmax(dim=1).tolist()
+    if criterion == "lowest_similarity":
+        return s.masked_fill(eye, float("inf")).argmin(dim=1).tolist()
+    raise ValueError(
+        f"selection: must be one of ['in_order', 'highest_similarity', 'lowest_similarity'], got {criterion!r}"
+    )
+
+
+def module_groups(keys: Sequence[str]) -> list[list[str]]:
+    """Group state_dict keys by owning module: ``"a.b.weight"`` and ``"a.b.bias"`` -> ``"a.b"``.
+
+    Returns:
+        Lists of keys in first-seen order; every key in exactly one group.
+    """
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(key.rpartition(".")[0], []).append(key)
+    return list(groups.values())
+
+
+def recombine(
+    states: Sequence[Mapping[str, Tensor]], generator: torch.Generator, unit: str = "key"
+) -> tuple[list[StateDict], dict[str, list[int]]]:
+    """Layer-wise model recombination (FedMR paper, Sec. III-B.2, ModelRecombine).
+
+    For every layer, the K models' copies are shuffled by a random permutation ``pi``; new model
+    ``i`` takes model ``pi[i]``'s copy. Every uploaded layer is used by exactly one recombined
+    model (the paper's invariant), so the multiset of tensors per key is unchanged.
+
+    * ``unit="key"``: an independent permutation per state_dict entry, as the authors' code does
+      (a conv weight and its bias may come from different models).
+    * ``unit="module"``: one permutation per module (weight, bias and BatchNorm buffers move
+      together; see :func:`module_groups`).
+
+    The returned dicts reference the input tensors (no copies); treat them as read-only.
+
+    Args:
+        states: K state_dicts.
+        generator: source of the permutations (seeded by the caller for reproducibility).
+        unit: ``"key"`` or ``"module"``.
+
+    Returns:
+        ``(new_states, sources)``: K state_dicts and, per key, ``sources[key][i]`` = index of the
+        model whose tensor new model ``i`` received.
+
+    Raises:
+        ValueError: on an unknown ``unit``.
+    """
+    if unit not in ("key", "module"):
+        raise ValueError(f"unit: must be one of ['key', 'module'], got {unit!r}")
+    _check_same_keys(states)
+    k = len(states)
+    keys = list(states[0].keys())
+    groups = [[key] for key in keys] if unit == "key" else module_groups(keys)
+    sources: dict[str, list[int]] = {}
+    for group in groups:
+        perm = torch.randperm(k, generator=generator).tolist()
+        for key in group:
+            sources[key] = perm
+    new_states = [{key: states[sources[key][i]][key] for key in keys} for i in range(k)]
+    return new_states, sources
+
+
+def layerwise_average(
+    states: Sequence[Mapping[str, Tensor]], weights: Sequence[float] | None = None
+) -> StateDict:
+    """Average each key over the models that have it (FedIN paper, Eq. 19; heterogeneous FL).
+
+    Models may have different key sets (e.g. ResNet10 and ResNet26); a key present in ``m`` of
+    the models is the (weighted) mean of those ``m`` tensors, which must share a shape.
+
+    Args:
+        states: state_dicts with possibly different keys.
+        weights: one non-negative weight per state (default: equal); renormalised per key.
+
+    Returns:
+        The union of all keys, each averaged over its owners.
+
+    Raises:
+        ValueError: if a key has different shapes across models, or on bad weights.
+    """
+    if not states:
+        raise ValueError("states: need at least one state_dict, got an empty list")
+    weights = [1.0] * len(states) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(states) or any(w < 0 for w in weights):
+        raise ValueError(f"weights: need {len(states)} non-negative values, got {weights}")
+    owners: dict[str, list[int]] = {}
+    for i, s in enumerate(states):
+        for key in s:
+            owners.setdefault(key, []).append(i)
+    out: StateDict = {}
+    for key, idx in owners.items():
+        shapes = {tuple(states[i][key].shape) for i in idx}
+        if len(shapes) > 1:
+            raise ValueError(f"state key {key!r}: shapes differ across models: {sorted(shapes)}")
+        w = [weights[i] for i in idx]
+        total = sum(w)
+        if total <= 0:
+            raise ValueError(f"weights: owners of key {key!r} have zero total weight")
+        out[key] = mix([states[i][key] for i in idx], [x / total for x in w])
+    return out
+
+
+def state_bytes(state: Mapping[str, Tensor]) -> int:
+    """Size of a state_dict on the wire in bytes (sum of ``numel * element_size``)."""
+    return sum(t.numel() * t.element_size() for t in state.values())

@@ -1,0 +1,323 @@
+"""``FederatedTrainer``: the round loop (the ``trainer:`` section of a config)."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from flcore.checkpoint import load_checkpoint, resolve_ckpt_path, save_checkpoint
+from flcore.errors import ConfigError
+from flcore.executor import Executor, SequentialExecutor
+from flcore.functional import state_bytes
+from flcore.local import LocalRunner
+from flcore.progress import RoundProgress
+from flcore.sampler import ClientSampler, UniformSampler
+from flcore.seeding import STREAM_SAMPLER, STREAM_STRATEGY, round_rng
+from flcore.strategies.base import ClientResult, ClientTask, Strategy
+from flcore.strategies.fedavg import FedAvg
+
+__all__ = ["FederatedTrainer"]
+
+
+def _payload_bytes(payload: dict[str, Any]) -> int:
+    total = 0
+    for v in payload.values():
+        if isinstance(v, torch.Tensor):
+            total += v.numel() * v.element_size()
+        elif isinstance(v, dict):
+            total += _payload_bytes(v)
+    return total
+
+
+class FederatedTrainer:
+    """Simulated federated training: sample clients, train locally, aggregate, evaluate, log.
+
+    Args:
+        strategy: server strategy (``class_path`` in YAML); default FedAvg.
+        rounds: communication rounds R (>= 1).
+        clients_per_round: clients K sampled each round (participation rate K / num_clients).
+        eval_every: evaluate the global model every this many rounds (and after the last).
+        local: keyword arguments of the per-client ``lightning.Trainer``: ``max_epochs`` is the
+            number of local epochs E (default 5); ``accelerator``, ``precision``, ... as in Lightning.
+        log_dir: TensorBoard root; a run writes to ``log_dir/name/version_N``.
+        name: experiment name (sub-folder of ``log_dir``).
+        checkpoint_every: write a checkpoint every this many rounds (0: only at the end).
+        keep_checkpoints: keep this many ``round_*.ckpt`` files (0: all).
+        executor: how local updates run (default sequential).
+        sampler: client sampler (default uniform without replacement).
+        callbacks: Lightning callbacks for the local Trainer.
+        max_time_s: wall-clock budget in seconds: the first round that starts after the budget is
+            spent is the last one (evaluated and checkpointed). ``None``: no limit.
+
+    TensorBoard scalars (step = round, 1-based): ``global/test_acc``, ``global/test_loss``,
+    ``clients/train_loss``, ``clients/train_acc``, ``round/wall_time_s``,
+    ``round/samples_per_s``, ``round/bytes_up``, ``round/bytes_down``.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy | None = None,
+        rounds: int = 10,
+        clients_per_round: int = 10,
+        eval_every: int = 1,
+        local: dict[str, Any] | None = None,
+        log_dir: str = "runs",
+        name: str = "default",
+        checkpoint_every: int = 0,
+        keep_checkpoints: int = 3,
+        executor: Executor | None = None,
+        sampler: ClientSampler | None = None,
+        callbacks: list[L.Callback] | None = None,
+        max_time_s: float | None = None,
+    ):
+        self.strategy = strategy if strategy is not None else FedAvg()
+        self.rounds = rounds
+        self.clients_per_round = clients_per_round
+        self.eval_every = eval_every
+        self.local = dict(local or {})
+        self.log_dir = log_dir
+        self.name = name
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.executor = executor if executor is not None else SequentialExecutor()
+        self.sampler = sampler if sampler is not None else UniformSampler()
+        self.callbacks = list(callbacks or [])
+        self.max_time_s = max_time_s
+        self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
+        self.history: list[dict[str, float]] = []
+        self.run_dir: Path | None = None
+
+    # ------------------------------------------------------------------ checks
+    def _check(self, model: L.LightningModule, datamodule) -> None:
+        """Every check that can fail before training; raises ConfigError naming the field."""
+        for field, value, low in (("rounds", self.rounds, 1), ("eval_every", self.eval_every, 1),
+                                  ("clients_per_round", self.clients_per_round, 1),
+                                  ("checkpoint_every", self.checkpoint_every, 0),
+                                  ("keep_checkpoints", self.keep_checkpoints, 0)):
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"trainer.{field}: must be an integer >= {low}, got {value!r}")
+        if self.max_time_s is not None and not self.max_time_s > 0:
+            raise ConfigError(f"trainer.max_time_s: must be > 0 seconds or null, got {self.max_time_s!r}")
+        epochs = self.local.get("max_epochs", 5)
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"trainer.local.max_epochs: local epochs must be an integer >= 1, got {epochs!r}")
+        try:
+            datamodule.setup("fit")
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(str(err)) from None
+        n = datamodule.num_clients
+        if self.clients_per_round > n:
+            raise ConfigError(
+                f"trainer.clients_per_round: must be in [1, data.num_clients={n}], got {self.clients_per_round}"
+            )
+        try:
+            self.strategy.validate(n, self.clients_per_round)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        self._check_net(model, datamodule)
+
+    @staticmethod
+    def _check_net(model, datamodule) -> None:
+        x = datamodule.x_test[:2]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(x)
+        except RuntimeError as err:
+            raise ConfigError(
+                f"model.net: cannot take the data's inputs of shape {tuple(x.shape[1:])} "
+                f"(set in_channels / image_size to match data): {str(err).splitlines()[0][:100]}"
+            ) from None
+        finally:
+            model.train(was_training)
+        if out.dim() != 2 or out.shape[1] != datamodule.num_classes:
+            raise ConfigError(
+                f"model.net.num_classes: must equal the data's {datamodule.num_classes} classes, "
+                f"net outputs shape {tuple(out.shape)}"
+            )
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, model: L.LightningModule, datamodule=None, ckpt_path: str | None = None) -> dict[str, Any]:
+        """Run the federated rounds.
+
+        Args:
+            model: the local objective (LightningModule with ``net``).
+            datamodule: a ``FederatedDataModule``.
+            ckpt_path: resume from this checkpoint (``"last"`` = newest under ``log_dir/name``).
+
+        Returns:
+            ``{"final": last evaluation, "best_test_acc": float, "best_round": int,
+            "wall_time_s": float, "run_dir": str}``.
+
+        Raises:
+            ConfigError: invalid configuration or missing data, before any training.
+        """
+        if datamodule is None:
+            raise ConfigError("data: a FederatedDataModule is required")
+        self._check(model, datamodule)
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        start, state, version = 0, None, None
+        if ckpt_path:
+            ckpt = load_checkpoint(resolve_ckpt_path(ckpt_path, Path(self.log_dir) / self.name))
+            self._check_resume(ckpt, datamodule)
+            start, state, version = ckpt["round"], ckpt["strategy_state"], ckpt.get("version")
+            self.history = list(ckpt.get("history", []))
+            self.sampler.load_state_dict(ckpt.get("sampler", {}))
+        runner = LocalRunner(model, datamodule, self.local, seed, self.callbacks)
+        if state is None:
+            init = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
+            state = self.strategy.initialize(init, self.clients_per_round)
+        logger = TensorBoardLogger(self.log_dir, name=self.name, version=version, default_hp_metric=False)
+        self.run_dir = Path(logger.log_dir)
+        if start == 0:
+            logger.log_hyperparams(self._hparams(seed, datamodule))
+        self._write_config()
+        t0 = time.perf_counter()
+        with RoundProgress(self.rounds, start) as progress:
+            for rnd in range(start, self.rounds):
+                out_of_time = self.max_time_s is not None and time.perf_counter() - t0 >= self.max_time_s
+                state, metrics = self._round(rnd, state, runner, datamodule, seed, force_eval=out_of_time)
+                self.history.append({"round": rnd + 1, **metrics})
+                logger.log_metrics(metrics, step=rnd + 1)
+                progress.update(rnd + 1, metrics, time.perf_counter() - t0)
+                last = rnd + 1 == self.rounds or out_of_time
+                if last or (self.checkpoint_every and (rnd + 1) % self.checkpoint_every == 0):
+                    self._save(rnd + 1, state, datamodule, logger.version)
+                if out_of_time:
+                    print(f"flcore: trainer.max_time_s={self.max_time_s} reached after round {rnd + 1}")
+                    break
+        logger.finalize("success")
+        self.executor.close()
+        return self._summary(time.perf_counter() - t0)
+
+    def _round(self, rnd, state, runner, datamodule, seed, force_eval=False):
+        t0 = time.perf_counter()
+        clients = self.sampler.sample(rnd, datamodule.num_clients, self.clients_per_round,
+                                      round_rng(seed, rnd, STREAM_SAMPLER))
+        rng = round_rng(seed, rnd, STREAM_STRATEGY)
+        tasks: list[ClientTask] = self.strategy.configure_fit(rnd, clients, state, rng)
+        results: list[ClientResult] = self.executor.run(rnd, tasks, runner)
+        state = self.strategy.aggregate_fit(rnd, results, state, rng)
+        wall = time.perf_counter() - t0
+        epochs = runner.trainer.max_epochs
+        metrics: dict[str, float] = {
+            "round/wall_time_s": wall,
+            "round/samples_per_s": sum(r.num_samples for r in results) * epochs / max(wall, 1e-9),
+            "round/bytes_down": float(sum(state_bytes(t.state) + _payload_bytes(t.payload) for t in tasks)),
+            "round/bytes_up": float(sum(state_bytes(r.state) + _payload_bytes(r.payload) for r in results)),
+        }
+        for key in ("train_loss", "train_acc"):
+            vals = [r.metrics[key] for r in results if key in r.metrics]
+            if vals:
+                metrics[f"clients/{key}"] = sum(vals) / len(vals)
+        if force_eval or (rnd + 1) % self.eval_every == 0 or rnd + 1 == self.rounds:
+            ev = runner.evaluate(self.strategy.global_model(state))
+            metrics["global/test_acc"] = ev["test_acc"]
+            metrics["global/test_loss"] = ev["test_loss"]
+        return state, metrics
+
+    # ------------------------------------------------------------------ evaluate a checkpoint
+    def validate(self, model: L.LightningModule, datamodule=None, ckpt_path: str | None = "last") -> dict[str, float]:
+        """Evaluate the global model stored in a checkpoint on the global test set."""
+        return self._evaluate_ckpt(model, datamodule, ckpt_path, "validate")
+
+    def test(self, model: L.LightningModule, datamodule=None, ckpt_path: str | None = "last") -> dict[str, float]:
+        """Test the global model stored in a checkpoint on the global test set."""
+        return self._evaluate_ckpt(model, datamodule, ckpt_path, "test")
+
+    def _evaluate_ckpt(self, model, datamodule, ckpt_path, stage):
+        if datamodule is None:
+            raise ConfigError("data: a FederatedDataModule is required")
+        ckpt = load_checkpoint(resolve_ckpt_path(ckpt_path or "last", Path(self.log_dir) / self.name))
+        try:
+            datamodule.setup(stage)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(str(err)) from None
+        runner = LocalRunner(model, datamodule, self.local, 0, self.callbacks)
+        try:
+            result = runner.evaluate(self.strategy.global_model(ckpt["strategy_state"]), stage)
+        except (KeyError, RuntimeError) as err:
+            raise ConfigError(
+                f"ckpt_path: checkpoint does not match this config's strategy / model ({str(err).splitlines()[0][:100]})"
+            ) from None
+        print(f"flcore {stage}: round {ckpt['round']}  " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return result
+
+    # ------------------------------------------------------------------ helpers
+    def _hparams(self, seed, datamodule) -> dict[str, Any]:
+        hp: dict[str, Any] = {
+            "seed": seed, "strategy": type(self.strategy).__name__, "rounds": self.rounds,
+            "clients_per_round": self.clients_per_round, "num_clients": datamodule.num_clients,
+            "local_epochs": self.local.get("max_epochs", 5), "batch_size": datamodule.batch_size,
+            "dataset": type(datamodule).__name__, "partition": type(datamodule.partition).__name__,
+        }
+        hp.update({f"strategy.{k}": v for k, v in vars(self.strategy).items() if isinstance(v, (int, float, str, bool))})
+        hp.update({f"partition.{k}": v for k, v in vars(datamodule.partition).items() if isinstance(v, (int, float))})
+        return hp
+
+    def _write_config(self) -> None:
+        if self.run_config is None or self.run_dir is None:
+            return
+        import yaml
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
+
+    def _experiment_fields(self) -> dict[str, Any]:
+        cfg = self.run_config or {}
+        trainer = cfg.get("trainer", {}) or {}
+        return {"seed_everything": cfg.get("seed_everything"), "model": cfg.get("model"), "data": cfg.get("data"),
+                "trainer.strategy": trainer.get("strategy"), "trainer.clients_per_round": trainer.get("clients_per_round"),
+                "trainer.local": trainer.get("local")}
+
+    def _check_resume(self, ckpt, datamodule) -> None:
+        if ckpt.get("partition_checksum") not in (None, datamodule.partition_checksum()):
+            raise ConfigError("ckpt_path: the checkpoint was made with a different data partition")
+        old = ckpt.get("experiment")
+        if old is None or self.run_config is None:
+            return
+        new = self._experiment_fields()
+        differ = sorted(k for k in new if k != "data" and new[k] != old.get(k))
+        if differ:
+            raise ConfigError(f"ckpt_path: resuming with a different experiment is refused; fields differ: {', '.join(differ)}")
+
+    def _save(self, completed_rounds, state, datamodule, version) -> None:
+        assert self.run_dir is not None
+        payload = {
+            "round": completed_rounds,
+            "strategy_state": state,
+            "sampler": self.sampler.state_dict(),
+            "history": self.history,
+            "partition_checksum": datamodule.partition_checksum(),
+            "version": version,
+            "experiment": self._experiment_fields() if self.run_config is not None else None,
+        }
+        save_checkpoint(payload, self.run_dir / "checkpoints" / f"round_{completed_rounds:05d}.ckpt",
+                        keep_last=self.keep_checkpoints)
+
+    def _summary(self, wall: float) -> dict[str, Any]:
+        evals = [h for h in self.history if "global/test_acc" in h]
+        final = evals[-1] if evals else {}
+        best = max(evals, key=lambda h: h["global/test_acc"]) if evals else {}
+        summary = {
+            "final": final,
+            "final_test_acc": final.get("global/test_acc", math.nan),
+            "best_test_acc": best.get("global/test_acc", math.nan),
+            "best_round": best.get("round", 0),
+            "wall_time_s": wall,
+            "run_dir": str(self.run_dir),
+        }
+        print(
+            f"flcore: {type(self.strategy).__name__} finished {len(self.history)} rounds in {wall:.1f} s: "
+            f"final test_acc {summary['final_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "
+            f"(round {summary['best_round']}); logs in {self.run_dir}"
+        )
+        return summary

@@ -1,0 +1,8 @@
+"""Networks of the papers' experiments. Each exposes ``features(x)`` and ``classifier(h)``
+besides ``forward`` so that representation-based objectives (MOON, FedGen) can use them."""
+
+from lightning_modules.models.cnn import CNN
+from lightning_modules.models.resnet20 import ResNet20
+from lightning_modules.models.vgg16 import VGG16
+
+__all__ = ["CNN", "ResNet20", "VGG16"]

@@ -1,0 +1,87 @@
+"""ResNet-20 for 32x32 inputs (He et al., CVPR 2016, Sec. 4.2): a 3x3 stem with 16 channels,
+three stages of three BasicBlocks (16, 32, 64 channels; stride 2 at the start of stages 2 and 3),
+global average pooling and a linear classifier; 0.27 M parameters. Shortcuts that change shape use
+the paper's option A (strided identity, zero-padded channels), so they hold no parameters."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ResNet20", "BasicBlock"]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers with a residual connection; shapes ``(B, C_in, H, W)`` ->
+    ``(B, C_out, H / stride, W / stride)``.
+
+    Args:
+        shortcut: ``"A"`` (parameter-free, zero-padded identity; CIFAR ResNets) or ``"B"``
+            (1x1 conv + BN projection; ImageNet ResNets and the FedIN family).
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A"):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.stride, self.pad = stride, planes - in_planes
+        self.mode = shortcut
+        self.shortcut = nn.Identity()
+        if (stride != 1 or in_planes != planes) and shortcut == "B":
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def _skip(self, x: Tensor) -> Tensor:
+        if self.mode == "A" and (self.stride != 1 or self.pad):
+            x = x[:, :, :: self.stride, :: self.stride]
+            return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return self.shortcut(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self._skip(x))
+
+
+class ResNet20(nn.Module):
+    """ResNet-20 (CIFAR variant).
+
+    Args:
+        in_channels: image channels; num_classes: output logits.
+
+    Shapes: ``(B, C, H, W)`` (any H, W >= 4) -> ``(B, num_classes)``.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for s in (stride, 1, 1):
+                blocks.append(BasicBlock(in_planes, planes, s))
+                in_planes = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, num_classes)
+        self.num_classes = num_classes
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def features(self, x: Tensor) -> Tensor:
+        """Pooled representation ``(B, 64)``."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+
+    def classifier(self, h: Tensor) -> Tensor:
+        """Logits from :meth:`features`."""
+        return self.linear(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x))

@@ -1,0 +1,28 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.yaml")
+
+
+@pytest.fixture
+def run_cli(tmp_path, capsys):
+    """Run ``flcore`` in-process; returns (exit_code, stdout, stderr)."""
+    from flcore.cli import main
+
+    def _run(*args):
+        argv = list(args)
+        if argv and argv[0] == "fit" and not any(a.startswith("--trainer.log_dir") for a in argv):
+            argv += ["--trainer.log_dir", str(tmp_path / "runs")]
+        try:
+            code = main(argv)
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return _run

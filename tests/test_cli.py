@@ -1,0 +1,118 @@
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import QUICKSTART
+
+FAST = ["--config", QUICKSTART, "--trainer.rounds", "2", "--trainer.eval_every", "1",
+        "--trainer.local.max_epochs", "1"]
+
+
+def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def _run_dir(root: Path) -> Path:
+    dirs = sorted(root.glob("quickstart/version_*"))
+    assert dirs, f"no run directory under {root}"
+    return dirs[-1]
+
+
+def test_quickstart_two_rounds_writes_tensorboard_and_checkpoint(run_cli, tmp_path):
+    code, out, err = run_cli("fit", *FAST)
+    assert code == 0, err
+    assert "finished 2 rounds" in out and "final test_acc" in out
+    run = _run_dir(tmp_path / "runs")
+    steps = [s for s, _ in _scalars(run, "global/test_acc")]
+    assert steps == [1, 2]
+    for tag in ("global/test_loss", "clients/train_loss", "round/wall_time_s", "round/samples_per_s",
+                "round/bytes_up", "round/bytes_down"):
+        assert len(_scalars(run, tag)) == 2, tag
+    assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_same_seed_same_metrics_and_weights(run_cli, tmp_path):
+    a_root, b_root = tmp_path / "a", tmp_path / "b"
+    for root in (a_root, b_root):
+        code, _, err = run_cli("fit", *FAST, "--trainer.log_dir", str(root))
+        assert code == 0, err
+    a, b = _run_dir(a_root), _run_dir(b_root)
+    for tag in ("global/test_acc", "global/test_loss", "clients/train_loss"):
+        assert _scalars(a, tag) == _scalars(b, tag)
+    sa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)["strategy_state"]["global"]
+    sb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)["strategy_state"]["global"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_other_seed_other_metrics(run_cli, tmp_path):
+    run_cli("fit", *FAST, "--trainer.log_dir", str(tmp_path / "a"))
+    run_cli("fit", *FAST, "--trainer.log_dir", str(tmp_path / "b"), "--seed_everything", "1")
+    a, b = _run_dir(tmp_path / "a"), _run_dir(tmp_path / "b")
+    assert _scalars(a, "clients/train_loss") != _scalars(b, "clients/train_loss")
+
+
+def test_test_subcommand_evaluates_the_checkpoint(run_cli, tmp_path):
+    code, _, err = run_cli("fit", *FAST)
+    assert code == 0, err
+    run = _run_dir(tmp_path / "runs")
+    final_acc = _scalars(run, "global/test_acc")[-1][1]
+    code, out, err = run_cli("test", "--config", QUICKSTART, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
+    assert code == 0, err
+    assert "round 2" in out
+    reported = float(out.split("test_acc")[1].split()[0])
+    assert reported == pytest.approx(final_acc, abs=1e-4)
+
+
+def test_print_config_shows_resolved_settings(run_cli):
+    code, out, _ = run_cli("fit", "--config", QUICKSTART, "--print_config")
+    assert code in (0, None)
+    assert "clients_per_round: 5" in out and "class_path: datamodules.Digits" in out
+    assert "beta: 0.5" in out
+
+
+BAD = [
+    (["--trainer.strategy.class_path", "flcore.strategies.NoSuch"], "trainer.strategy"),
+    (["--data.init_args.partition.class_path", "datamodules.NoSuch"], "data.partition"),
+    (["--model.init_args.net.class_path", "nosuch.Net"], "model.net"),
+    (["--trainer.clients_per_round", "21"], "trainer.clients_per_round"),
+    (["--trainer.clients_per_round", "0"], "trainer.clients_per_round"),
+    (["--data.init_args.partition.init_args.beta", "0"], "beta"),
+    (["--data.init_args.partition.init_args.beta", "-0.5"], "beta"),
+    (["--data.init_args.num_clients", "5000"], "num_clients"),
+    (["--trainer.rounds", "0"], "trainer.rounds"),
+    (["--trainer.rounds", "many"], "trainer.rounds"),
+    (["--trainer.eval_every", "0"], "trainer.eval_every"),
+    (["--trainer.local.max_epochs", "0"], "trainer.local.max_epochs"),
+    (["--model.init_args.net.init_args.num_classes", "7"], "model.net.num_classes"),
+    (["--model.init_args.net.init_args.in_channels", "3"], "model.net"),
+    (["--data.class_path", "datamodules.CIFAR10", "--data.init_args.root", "/nonexistent/flcore-data"],
+     "data.root"),
+]
+
+
+@pytest.mark.parametrize("args,field", BAD, ids=[f"{b[1]}-{i}" for i, b in enumerate(BAD)])
+def test_bad_input_one_line_error_before_training(run_cli, tmp_path, args, field):
+    code, out, err = run_cli("fit", "--config", QUICKSTART, *args)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Seed set")]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("flcore: error: ") and field in lines[0]
+    assert "Traceback" not in err
+    assert not list((tmp_path / "runs").glob("**/events.out.*"))  # nothing trained or logged
+
+
+def test_missing_checkpoint_is_one_line(run_cli, tmp_path):
+    code, _, err = run_cli("test", "--config", QUICKSTART, "--ckpt_path", str(tmp_path / "nope.ckpt"))
+    assert code == 2 and "ckpt_path" in err and "Traceback" not in err
+
+
+def test_corrupted_checkpoint_is_one_line(run_cli, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
+    code, _, err = run_cli("test", "--config", QUICKSTART, "--ckpt_path", str(bad))
+    assert code == 2 and str(bad) in err and "Traceback" not in err
