@@ -29,6 +29,7 @@ __all__ = [
     "mix",
     "cross_aggregate",
     "in_order_partners",
+    "dynamic_alpha",
     "similarity_matrix",
     "select_collaborators",
     "recombine",
@@ -125,15 +126,19 @@ def cross_aggregate(
 ) -> list[StateDict]:
     """Multi-model cross-aggregation (FedCross paper, Sec. III-B.2, CrossAggr).
 
-    ``w_i = alpha * v_i + (1 - alpha) * mean_{p in partners[i]} v_p``. With one partner per
-    model this is the paper's ``alpha v_i + (1-alpha) v_co(i)``; with several (propeller models,
-    Sec. III-D) the collaborator share ``1 - alpha`` is split equally among them. Applies to every
-    key of the state_dict, buffers included (integer buffers rounded, see module docstring).
+    One partner per model is the paper's equation ``w_i = alpha v_i + (1 - alpha) v_co(i)``.
+    With ``m`` partners (propeller models, Sec. III-D, which the paper describes only in words)
+    every partner gets the weight a collaborative model gets, relative to the model's own:
+    ``w_i = (alpha v_i + (1 - alpha) sum_p v_p) / (alpha + m (1 - alpha))``, so more partners
+    bring more knowledge, which is the stated purpose of propeller models. When every partner
+    list is made of in-order shifts (each a permutation of the K models), the sum of the models
+    is preserved. Applies to every key, buffers included (integer buffers rounded, see module
+    docstring).
 
     Args:
         states: K uploaded models ``v_1..v_K``.
         partners: for each ``i``, the indices of its collaborative / propeller models.
-        alpha: weight of the model itself, in ``[0.5, 1]``.
+        alpha: weight of the model itself, in ``[0, 1]`` (FedCross uses ``[0.5, 1)``).
 
     Returns:
         K new state_dicts.
@@ -151,11 +156,23 @@ def cross_aggregate(
     for i, ps in enumerate(partners):
         if not ps or any(not 0 <= p < k or p == i for p in ps):
             raise ValueError(f"partners[{i}]: indices must be in [0, {k}) and differ from {i}, got {list(ps)}")
-        share = (1.0 - alpha) / len(ps)
+        norm = alpha + len(ps) * (1.0 - alpha)
         members = [states[i]] + [states[p] for p in ps]
-        weights = [alpha] + [share] * len(ps)
+        weights = [alpha / norm] + [(1.0 - alpha) / norm] * len(ps)
         out.append({key: mix([m[key] for m in members], weights) for key in states[i]})
     return out
+
+
+def dynamic_alpha(target: float, step: int, steps: int, start: float = 0.5) -> float:
+    """Dynamic alpha (FedCross paper, Sec. III-D): linear growth from ``start`` to ``target``.
+
+    ``alpha(t) = start + (target - start) * t / steps`` for ``t`` in ``[0, steps)`` (``t`` counts
+    the rounds since the schedule began), and ``target`` from ``t >= steps`` on. The paper says
+    only "gradually increase from 0.5"; linear is the simplest such schedule.
+    """
+    if steps <= 0 or step >= steps:
+        return float(target)
+    return float(start + (target - start) * max(step, 0) / steps)
 
 
 def similarity_matrix(
@@ -180,7 +197,8 @@ def similarity_matrix(
     Args:
         states: K state_dicts.
         mode: ``"model"`` or ``"layerwise"``.
-        keys: entries to use; default every floating-point entry (integer buffers are skipped).
+        keys: entries to use; default the trained weights: every floating-point entry except
+            BatchNorm running statistics (``running_mean`` / ``running_var``).
         chunk_elems: bound on the float64 elements materialised at once.
 
     Returns:
@@ -194,7 +212,8 @@ def similarity_matrix(
     _check_same_keys(states)
     k = len(states)
     if keys is None:
-        keys = [key for key, t in states[0].items() if t.is_floating_point()]
+        keys = [key for key, t in states[0].items()
+                if t.is_floating_point() and not key.endswith(("running_mean", "running_var"))]
     total = torch.zeros(k, k, dtype=torch.float64)
     gram_all = torch.zeros(k, k, dtype=torch.float64)
     step = max(1, chunk_elems // k)

@@ -22,6 +22,11 @@ def _run_dir(root: Path) -> Path:
     return dirs[-1]
 
 
+def _models(run: Path) -> list[dict]:
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["strategy_state"]
+    return state["models"] if "models" in state else [state["global"]]
+
+
 def test_quickstart_two_rounds_writes_tensorboard_and_checkpoint(run_cli, tmp_path):
     code, out, err = run_cli("fit", *FAST)
     assert code == 0, err
@@ -44,9 +49,9 @@ def test_same_seed_same_metrics_and_weights(run_cli, tmp_path):
     a, b = _run_dir(a_root), _run_dir(b_root)
     for tag in ("global/test_acc", "global/test_loss", "clients/train_loss"):
         assert _scalars(a, tag) == _scalars(b, tag)
-    sa = torch.load(a / "checkpoints" / "last.ckpt", weights_only=True)["strategy_state"]["global"]
-    sb = torch.load(b / "checkpoints" / "last.ckpt", weights_only=True)["strategy_state"]["global"]
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    ma, mb = _models(a), _models(b)
+    assert len(ma) == len(mb) > 0
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(ma, mb) for k in x)
 
 
 def test_other_seed_other_metrics(run_cli, tmp_path):
@@ -116,3 +121,62 @@ def test_corrupted_checkpoint_is_one_line(run_cli, tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really a checkpoint")
     code, _, err = run_cli("test", "--config", QUICKSTART, "--ckpt_path", str(bad))
     assert code == 2 and str(bad) in err and "Traceback" not in err
+
+
+STRATEGIES = [
+    ["--trainer.strategy.class_path", "flcore.strategies.FedAvg"],
+    ["--trainer.strategy.class_path", "flcore.strategies.FedCross", "--trainer.strategy.init_args.alpha", "0.9"],
+    ["--trainer.strategy.class_path", "flcore.strategies.FedCross", "--trainer.strategy.init_args.selection",
+     "in_order", "--trainer.strategy.init_args.propeller_rounds", "1", "--trainer.strategy.init_args.num_propellers", "3"],
+    ["--trainer.strategy.class_path", "flcore.strategies.FedMR"],
+    ["--trainer.strategy.class_path", "flcore.strategies.FedMR", "--trainer.strategy.init_args.unit", "module",
+     "--trainer.strategy.init_args.first_stage_rounds", "1"],
+]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES, ids=["fedavg", "fedcross", "fedcross-pm", "fedmr", "fedmr-module"])
+def test_each_strategy_end_to_end_deterministic(run_cli, tmp_path, strategy):
+    finals = []
+    for root in ("a", "b"):
+        code, out, err = run_cli("fit", *FAST, *strategy, "--trainer.log_dir", str(tmp_path / root))
+        assert code == 0, err
+        run = _run_dir(tmp_path / root)
+        acc = _scalars(run, "global/test_acc")
+        assert [s for s, _ in acc] == [1, 2] and 0.0 <= acc[-1][1] <= 1.0
+        finals.append((acc, _models(run)))
+    (acc_a, models_a), (acc_b, models_b) = finals
+    assert acc_a == acc_b
+    assert all(torch.equal(ma[k], mb[k]) for ma, mb in zip(models_a, models_b) for k in ma)
+
+
+def test_quickstart_is_fedcross():
+    import yaml
+
+    cfg = yaml.safe_load(open(QUICKSTART))
+    assert cfg["trainer"]["strategy"]["class_path"] == "flcore.strategies.FedCross"
+
+
+FEDCROSS = ["--trainer.strategy.class_path", "flcore.strategies.FedCross"]
+BAD_MULTI = [
+    (FEDCROSS + ["--trainer.strategy.init_args.alpha", "1.0"], "alpha"),
+    (FEDCROSS + ["--trainer.strategy.init_args.alpha", "0.3"], "alpha"),
+    (FEDCROSS + ["--trainer.clients_per_round", "1"], "trainer.clients_per_round"),
+    (["--trainer.strategy.class_path", "flcore.strategies.FedMR", "--trainer.clients_per_round", "1"],
+     "trainer.clients_per_round"),
+    (FEDCROSS + ["--trainer.strategy.init_args.selection", "random"], "selection"),
+    (FEDCROSS + ["--trainer.strategy.init_args.similarity", "euclidean"], "similarity"),
+    (FEDCROSS + ["--trainer.strategy.init_args.propeller_rounds", "5", "--trainer.strategy.init_args.num_propellers",
+                 "5"], "num_propellers"),
+    (FEDCROSS + ["--trainer.strategy.init_args.first_stage_rounds", "-1"], "first_stage_rounds"),
+    (FEDCROSS + ["--trainer.strategy.init_args.dynamic_alpha_rounds", "-2"], "dynamic_alpha_rounds"),
+    (["--trainer.strategy.class_path", "flcore.strategies.FedMR", "--trainer.strategy.init_args.unit", "layer"],
+     "unit"),
+]
+
+
+@pytest.mark.parametrize("args,field", BAD_MULTI, ids=[f"{b[1]}-{i}" for i, b in enumerate(BAD_MULTI)])
+def test_bad_multimodel_input_one_line(run_cli, tmp_path, args, field):
+    code, _, err = run_cli("fit", "--config", QUICKSTART, *args)
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("Seed set")]
+    assert code == 2 and len(lines) == 1 and field in lines[0], err
+    assert not list((tmp_path / "runs").glob("**/events.out.*"))

@@ -2,5 +2,8 @@
 
 from flcore.strategies.base import ClientResult, ClientTask, Strategy
 from flcore.strategies.fedavg import FedAvg
+from flcore.strategies.fedcross import FedCross
+from flcore.strategies.fedmr import FedMR
+from flcore.strategies.multimodel import MultiModelStrategy
 
-__all__ = ["Strategy", "ClientTask", "ClientResult", "FedAvg"]
+__all__ = ["Strategy", "ClientTask", "ClientResult", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy"]

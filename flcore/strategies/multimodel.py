@@ -1,0 +1,74 @@
+"""Shared machinery of the multi-model strategies (FedMR, FedCross): K server-side models."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import Any
+
+import numpy as np
+
+from flcore.functional import StateDict, weighted_average
+from flcore.strategies.base import ClientResult, ClientTask, Strategy
+
+__all__ = ["MultiModelStrategy"]
+
+
+class MultiModelStrategy(Strategy):
+    """K = clients_per_round models; model ``i`` trains on the ``i``-th of the shuffled clients.
+
+    * Round ``r < first_stage_rounds``: FedAvg stage (FedMR Sec. III-C): the uploaded models are
+      averaged weighted by sample count and all K models are reset to that average.
+    * Later rounds: :meth:`combine` (recombination, cross-aggregation) makes the next K models.
+    * A slot whose client failed (no result) keeps its previous model.
+    * Global model (FedMR Eq. 5, FedCross Sec. III-B.3): the unweighted mean of the K models; it
+      is produced for evaluation and checkpoints only and never trains.
+
+    State: ``{"models": [K state_dicts]}``.
+
+    Args:
+        first_stage_rounds: rounds of FedAvg aggregation before the multi-model stage (>= 0).
+
+    Raises:
+        ValueError: ``first_stage_rounds < 0``; K < 2 (in :meth:`validate`).
+    """
+
+    def __init__(self, first_stage_rounds: int = 0):
+        if first_stage_rounds < 0:
+            raise ValueError(f"strategy.first_stage_rounds: must be >= 0, got {first_stage_rounds}")
+        self.first_stage_rounds = int(first_stage_rounds)
+
+    def validate(self, num_clients: int, clients_per_round: int) -> None:
+        if clients_per_round < 2:
+            raise ValueError(
+                f"trainer.clients_per_round: {type(self).__name__} keeps K = clients_per_round models "
+                f"and needs K >= 2, got {clients_per_round}"
+            )
+
+    def initialize(self, model_state: StateDict, clients_per_round: int) -> dict[str, Any]:
+        init = {k: v.clone() for k, v in model_state.items()}
+        return {"models": [init] * clients_per_round}  # shared, read-only: never mutated in place
+
+    def configure_fit(self, rnd, clients, state, rng: np.random.Generator) -> list[ClientTask]:
+        order = rng.permutation(np.asarray(clients))  # FedCross Alg. 1 line 5: Shuffle(L_c)
+        return [ClientTask(cid=int(c), state=state["models"][i], slot=i) for i, c in enumerate(order)]
+
+    def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
+        if not results:
+            return state
+        uploaded = list(state["models"])
+        for r in results:
+            uploaded[r.slot] = r.state
+        if rnd < self.first_stage_rounds:
+            avg = weighted_average([r.state for r in results], [r.num_samples for r in results])
+            state["models"] = [avg] * len(uploaded)
+        else:
+            state["models"] = self.combine(rnd, uploaded, rng)
+        return state
+
+    @abstractmethod
+    def combine(self, rnd: int, uploaded: list[StateDict], rng: np.random.Generator) -> list[StateDict]:
+        """The next round's K models from the K uploaded (trained) models."""
+
+    def global_model(self, state) -> StateDict:
+        models = state["models"]
+        return weighted_average(models, [1.0] * len(models))
