@@ -16,7 +16,7 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules.base import FederatedDataModule
-from flcore.errors import ConfigError
+from flcore.errors import ClientFailureError, ConfigError, RunInterrupted
 from flcore.trainer import FederatedTrainer
 from lightning_modules.client import ClientModule
 
@@ -130,6 +130,12 @@ def main(args: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"flcore: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    except ClientFailureError as err:
+        print(f"flcore: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except RunInterrupted as err:
+        print(f"flcore: {err}; resume with --ckpt_path last", file=sys.stderr)
+        raise SystemExit(128 + err.signum) from None
     except Exception as err:
         from jsonargparse import ArgumentError
 

@@ -1,7 +1,27 @@
 """Errors shown to the user as one line, before any training."""
 
-__all__ = ["ConfigError"]
+__all__ = ["ConfigError", "ClientFailureError", "RunInterrupted"]
 
 
 class ConfigError(ValueError):
     """Invalid configuration or missing input. The message names the field and allowed values."""
+
+
+class ClientFailureError(RuntimeError):
+    """Clients of a round failed and the policy (or all clients failing) ends the run.
+
+    Raised after the last good state was checkpointed; the message names the round, the clients
+    and the checkpoint.
+    """
+
+
+class RunInterrupted(BaseException):
+    """SIGINT / SIGTERM during ``fit``; the last completed round was checkpointed first.
+
+    A ``BaseException`` so that it passes through Lightning's and user code's ``except
+    Exception`` handlers. ``signum`` holds the signal number.
+    """
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"interrupted by signal {signum}")
+        self.signum = signum

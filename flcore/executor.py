@@ -6,17 +6,21 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from flcore.local import LocalRunner
-from flcore.strategies.base import ClientResult, ClientTask
+from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
 
 __all__ = ["Executor", "SequentialExecutor"]
 
 
 class Executor(ABC):
-    """Runs a round's tasks and returns their results in task order."""
+    """Runs a round's tasks and returns one outcome per task, in task order."""
 
     @abstractmethod
-    def run(self, rnd: int, tasks: list[ClientTask], runner: LocalRunner) -> list[ClientResult]:
-        """Local updates of round ``rnd``; ``runner`` is the main process's reusable runner."""
+    def run(self, rnd: int, tasks: list[ClientTask], runner: LocalRunner) -> list[ClientResult | ClientFailure]:
+        """Local updates of round ``rnd``; ``runner`` is the main process's reusable runner.
+
+        A client that fails yields a :class:`ClientFailure` in its place; the executor never
+        raises for one client's failure.
+        """
 
     def close(self) -> None:
         """Release workers (none for the sequential executor)."""

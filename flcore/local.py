@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from typing import Any
 
@@ -10,7 +11,7 @@ import lightning as L
 import torch
 
 from flcore.seeding import STREAM_CLIENT, derive_seed
-from flcore.strategies.base import ClientResult, ClientTask
+from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
 
 __all__ = ["LocalRunner", "DEFAULT_LOCAL", "quiet_lightning"]
 
@@ -81,8 +82,22 @@ class LocalRunner:
         self.datamodule = datamodule
         self.seed = int(seed)
 
-    def fit(self, task: ClientTask, rnd: int) -> ClientResult:
-        """Load ``task.state``, train on client ``task.cid``, return the trained state (CPU)."""
+    def fit(self, task: ClientTask, rnd: int) -> ClientResult | ClientFailure:
+        """Local update of client ``task.cid``: the trained state (CPU), or a
+        :class:`ClientFailure` if training raised an ``Exception`` or produced a non-finite loss
+        or weight (interrupts such as KeyboardInterrupt propagate)."""
+        try:
+            result = self._fit(task, rnd)
+        except Exception as err:  # one client's crash must not end the run (policy: trainer)
+            text = str(err).strip().splitlines()
+            return ClientFailure(task.cid, task.slot, f"{type(err).__name__}: {text[0][:200] if text else ''}")
+        bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
+        bad += [k for k, v in result.state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            return ClientFailure(task.cid, task.slot, f"non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+        return result
+
+    def _fit(self, task: ClientTask, rnd: int) -> ClientResult:
         seed = derive_seed(self.seed, rnd, task.cid, STREAM_CLIENT)
         module = self.module
         module.net.load_state_dict(task.state)

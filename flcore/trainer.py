@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +17,14 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from flcore.checkpoint import load_checkpoint, resolve_ckpt_path, save_checkpoint
-from flcore.errors import ConfigError
+from flcore.errors import ClientFailureError, ConfigError, RunInterrupted
 from flcore.executor import Executor, SequentialExecutor
 from flcore.functional import state_bytes
 from flcore.local import LocalRunner
 from flcore.progress import RoundProgress
 from flcore.sampler import ClientSampler, UniformSampler
 from flcore.seeding import STREAM_SAMPLER, STREAM_STRATEGY, round_rng
-from flcore.strategies.base import ClientResult, ClientTask, Strategy
+from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, Strategy
 from flcore.strategies.fedavg import FedAvg
 
 __all__ = ["FederatedTrainer"]
@@ -55,6 +59,14 @@ class FederatedTrainer:
         callbacks: Lightning callbacks for the local Trainer.
         max_time_s: wall-clock budget in seconds: the first round that starts after the budget is
             spent is the last one (evaluated and checkpointed). ``None``: no limit.
+        on_client_failure: ``drop`` (default): a client whose local update raises or returns
+            non-finite weights/loss is left out of that round's aggregation with a warning
+            (``round/failed_clients``); ``raise``: the run stops. Either way, if every client of a
+            round fails the run stops with :class:`~flcore.errors.ClientFailureError` after
+            checkpointing the last good state.
+
+    SIGINT / SIGTERM during ``fit`` checkpoint the last completed round and raise
+    :class:`~flcore.errors.RunInterrupted`; resume with ``ckpt_path="last"``.
 
     TensorBoard scalars (step = round, 1-based): ``global/test_acc``, ``global/test_loss``,
     ``clients/train_loss``, ``clients/train_acc``, ``round/wall_time_s``,
@@ -76,6 +88,7 @@ class FederatedTrainer:
         sampler: ClientSampler | None = None,
         callbacks: list[L.Callback] | None = None,
         max_time_s: float | None = None,
+        on_client_failure: str = "drop",
     ):
         self.strategy = strategy if strategy is not None else FedAvg()
         self.rounds = rounds
@@ -90,6 +103,7 @@ class FederatedTrainer:
         self.sampler = sampler if sampler is not None else UniformSampler()
         self.callbacks = list(callbacks or [])
         self.max_time_s = max_time_s
+        self.on_client_failure = on_client_failure
         self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
         self.history: list[dict[str, float]] = []
         self.run_dir: Path | None = None
@@ -103,6 +117,8 @@ class FederatedTrainer:
                                   ("keep_checkpoints", self.keep_checkpoints, 0)):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"trainer.{field}: must be an integer >= {low}, got {value!r}")
+        if self.on_client_failure not in ("drop", "raise"):
+            raise ConfigError(f"trainer.on_client_failure: must be one of ['drop', 'raise'], got {self.on_client_failure!r}")
         if self.max_time_s is not None and not self.max_time_s > 0:
             raise ConfigError(f"trainer.max_time_s: must be > 0 seconds or null, got {self.max_time_s!r}")
         epochs = self.local.get("max_epochs", 5)
@@ -181,19 +197,28 @@ class FederatedTrainer:
             logger.log_hyperparams(self._hparams(seed, datamodule))
         self._write_config()
         t0 = time.perf_counter()
-        with RoundProgress(self.rounds, start) as progress:
-            for rnd in range(start, self.rounds):
-                out_of_time = self.max_time_s is not None and time.perf_counter() - t0 >= self.max_time_s
-                state, metrics = self._round(rnd, state, runner, datamodule, seed, force_eval=out_of_time)
-                self.history.append({"round": rnd + 1, **metrics})
-                logger.log_metrics(metrics, step=rnd + 1)
-                progress.update(rnd + 1, metrics, time.perf_counter() - t0)
-                last = rnd + 1 == self.rounds or out_of_time
-                if last or (self.checkpoint_every and (rnd + 1) % self.checkpoint_every == 0):
-                    self._save(rnd + 1, state, datamodule, logger.version)
-                if out_of_time:
-                    print(f"flcore: trainer.max_time_s={self.max_time_s} reached after round {rnd + 1}")
-                    break
+        completed = start
+        with _signals_raise_interrupt(), RoundProgress(self.rounds, start) as progress:
+            try:
+                for rnd in range(start, self.rounds):
+                    out_of_time = self.max_time_s is not None and time.perf_counter() - t0 >= self.max_time_s
+                    state, metrics, completed = *self._round(rnd, state, runner, datamodule, seed, out_of_time), rnd + 1
+                    self.history.append({"round": completed, **metrics})
+                    logger.log_metrics(metrics, step=completed)
+                    progress.update(completed, metrics, time.perf_counter() - t0)
+                    last = completed == self.rounds or out_of_time
+                    if last or (self.checkpoint_every and completed % self.checkpoint_every == 0):
+                        self._save(completed, state, datamodule, logger.version)
+                    if out_of_time:
+                        print(f"flcore: trainer.max_time_s={self.max_time_s} reached after round {completed}")
+                        break
+            except (RunInterrupted, ClientFailureError) as err:
+                logger.finalize("interrupted")
+                path = self._save(completed, state, datamodule, logger.version)
+                msg = f"{err}; last good state (round {completed}) saved to {path}"
+                if isinstance(err, RunInterrupted):
+                    raise RunInterrupted(err.signum, msg) from None
+                raise ClientFailureError(msg) from None
         logger.finalize("success")
         self.executor.close()
         return self._summary(time.perf_counter() - t0)
@@ -204,7 +229,15 @@ class FederatedTrainer:
                                       round_rng(seed, rnd, STREAM_SAMPLER))
         rng = round_rng(seed, rnd, STREAM_STRATEGY)
         tasks: list[ClientTask] = self.strategy.configure_fit(rnd, clients, state, rng)
-        results: list[ClientResult] = self.executor.run(rnd, tasks, runner)
+        outcomes = self.executor.run(rnd, tasks, runner)
+        results: list[ClientResult] = [o for o in outcomes if isinstance(o, ClientResult)]
+        failures = [o for o in outcomes if isinstance(o, ClientFailure)]
+        if failures:
+            detail = "; ".join(f"client {f.cid}: {f.reason}" for f in failures)
+            if not results or self.on_client_failure == "raise":
+                what = "every client failed" if not results else f"{len(failures)} client(s) failed"
+                raise ClientFailureError(f"round {rnd + 1}: {what} ({detail})")
+            warnings.warn(f"round {rnd + 1}: dropped {len(failures)} failed client(s): {detail}", stacklevel=2)
         state = self.strategy.aggregate_fit(rnd, results, state, rng)
         wall = time.perf_counter() - t0
         epochs = runner.trainer.max_epochs
@@ -213,6 +246,7 @@ class FederatedTrainer:
             "round/samples_per_s": sum(r.num_samples for r in results) * epochs / max(wall, 1e-9),
             "round/bytes_down": float(sum(state_bytes(t.state) + _payload_bytes(t.payload) for t in tasks)),
             "round/bytes_up": float(sum(state_bytes(r.state) + _payload_bytes(r.payload) for r in results)),
+            "round/failed_clients": float(len(failures)),
         }
         for key in ("train_loss", "train_acc"):
             vals = [r.metrics[key] for r in results if key in r.metrics]
@@ -289,7 +323,7 @@ class FederatedTrainer:
         if differ:
             raise ConfigError(f"ckpt_path: resuming with a different experiment is refused; fields differ: {', '.join(differ)}")
 
-    def _save(self, completed_rounds, state, datamodule, version) -> None:
+    def _save(self, completed_rounds, state, datamodule, version) -> Path:
         assert self.run_dir is not None
         payload = {
             "round": completed_rounds,
@@ -300,8 +334,8 @@ class FederatedTrainer:
             "version": version,
             "experiment": self._experiment_fields() if self.run_config is not None else None,
         }
-        save_checkpoint(payload, self.run_dir / "checkpoints" / f"round_{completed_rounds:05d}.ckpt",
-                        keep_last=self.keep_checkpoints)
+        return save_checkpoint(payload, self.run_dir / "checkpoints" / f"round_{completed_rounds:05d}.ckpt",
+                               keep_last=self.keep_checkpoints)
 
     def _summary(self, wall: float) -> dict[str, Any]:
         evals = [h for h in self.history if "global/test_acc" in h]
@@ -321,3 +355,26 @@ class FederatedTrainer:
             f"(round {summary['best_round']}); logs in {self.run_dir}"
         )
         return summary
+
+
+@contextmanager
+def _signals_raise_interrupt():
+    """While active (main thread only), SIGINT and SIGTERM raise :class:`RunInterrupted` once;
+    repeated signals are ignored so the checkpoint write that follows can finish."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if fired:
+            return
+        fired.append(signum)
+        raise RunInterrupted(signum, f"interrupted by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,5 +1,6 @@
 import os
 
+import lightning  # noqa: F401  (import before any capsys test: Lightning binds its log handler to stderr)
 import pytest
 import torch
 

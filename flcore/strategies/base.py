@@ -18,7 +18,7 @@ import numpy as np
 
 from flcore.functional import StateDict
 
-__all__ = ["Strategy", "ClientTask", "ClientResult"]
+__all__ = ["Strategy", "ClientTask", "ClientResult", "ClientFailure"]
 
 
 @dataclass
@@ -59,6 +59,20 @@ class ClientResult:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ClientFailure:
+    """A local update that raised or returned non-finite weights / loss.
+
+    Attributes:
+        cid, slot: as in the task.
+        reason: one line: the exception (type and message) or what was non-finite.
+    """
+
+    cid: int
+    slot: int
+    reason: str
+
+
 class Strategy(ABC):
     """Abstract server strategy (shape of Flower's ``Strategy``)."""
 
@@ -82,7 +96,11 @@ class Strategy(ABC):
     def aggregate_fit(
         self, rnd: int, results: list[ClientResult], state: dict[str, Any], rng: np.random.Generator
     ) -> dict[str, Any]:
-        """New server state from the round's results (in task order; failed clients absent)."""
+        """New server state from the round's results (in task order; failed clients absent).
+
+        Must not mutate ``state`` or its tensors: the trainer keeps the previous state to
+        checkpoint if the run is interrupted.
+        """
 
     @abstractmethod
     def global_model(self, state: dict[str, Any]) -> StateDict:

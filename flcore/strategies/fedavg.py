@@ -27,9 +27,9 @@ class FedAvg(Strategy):
         return [ClientTask(cid=c, state=state["global"], slot=i) for i, c in enumerate(clients)]
 
     def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
-        if results:
-            state["global"] = weighted_average([r.state for r in results], [r.num_samples for r in results])
-        return state
+        if not results:
+            return state
+        return {**state, "global": weighted_average([r.state for r in results], [r.num_samples for r in results])}
 
     def global_model(self, state) -> StateDict:
         return state["global"]

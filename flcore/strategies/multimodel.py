@@ -60,10 +60,8 @@ class MultiModelStrategy(Strategy):
             uploaded[r.slot] = r.state
         if rnd < self.first_stage_rounds:
             avg = weighted_average([r.state for r in results], [r.num_samples for r in results])
-            state["models"] = [avg] * len(uploaded)
-        else:
-            state["models"] = self.combine(rnd, uploaded, rng)
-        return state
+            return {**state, "models": [avg] * len(uploaded)}
+        return {**state, "models": self.combine(rnd, uploaded, rng)}
 
     @abstractmethod
     def combine(self, rnd: int, uploaded: list[StateDict], rng: np.random.Generator) -> list[StateDict]:
