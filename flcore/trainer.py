@@ -20,7 +20,7 @@ from flcore.checkpoint import load_checkpoint, resolve_ckpt_path, save_checkpoin
 from flcore.errors import ClientFailureError, ConfigError, RunInterrupted
 from flcore.executor import Executor, SequentialExecutor
 from flcore.functional import state_bytes
-from flcore.local import LocalRunner
+from flcore.local import DEFAULT_LOCAL, LocalRunner
 from flcore.progress import RoundProgress
 from flcore.sampler import ClientSampler, UniformSampler
 from flcore.seeding import STREAM_SAMPLER, STREAM_STRATEGY, round_rng
@@ -31,8 +31,11 @@ __all__ = ["FederatedTrainer"]
 
 
 def _payload_bytes(payload: dict[str, Any]) -> int:
+    """Bytes of the tensors in a payload, except ``client_state`` (kept on the client)."""
     total = 0
-    for v in payload.values():
+    for key, v in payload.items():
+        if key == "client_state":
+            continue
         if isinstance(v, torch.Tensor):
             total += v.numel() * v.element_size()
         elif isinstance(v, dict):
@@ -137,6 +140,10 @@ class FederatedTrainer:
             self.strategy.validate(n, self.clients_per_round)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        try:
+            model.check_local_config({**DEFAULT_LOCAL, **self.local})
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
         self._check_net(model, datamodule)
 
     @staticmethod
@@ -190,7 +197,7 @@ class FederatedTrainer:
         runner = LocalRunner(model, datamodule, self.local, seed, self.callbacks)
         if state is None:
             init = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
-            state = self.strategy.initialize(init, self.clients_per_round)
+            state = self.strategy.initialize(init, self.clients_per_round, num_clients=datamodule.num_clients)
         logger = TensorBoardLogger(self.log_dir, name=self.name, version=version, default_hp_metric=False)
         self.run_dir = Path(logger.log_dir)
         if start == 0:

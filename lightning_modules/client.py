@@ -54,14 +54,19 @@ class ClientModule(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
 
     # ----- hooks the federated side uses -------------------------------------------------
-    def configure_client(self, payload: dict[str, Any]) -> None:
-        """Receive the strategy's extra payload (e.g. FedProx's global weights) before training.
+    def check_local_config(self, local: dict[str, Any]) -> None:
+        """Refuse per-client Trainer settings this objective cannot honour (raise ``ValueError``
+        naming the field). Called before any training. The base accepts everything."""
 
-        The base objective needs none.
-        """
+    def configure_client(self, payload: dict[str, Any]) -> None:
+        """Receive the strategy's extra payload before training; ``net`` already holds the
+        dispatched weights. ``payload["client_state"]``, if present, is data that lives on the
+        client between its rounds (SCAFFOLD's control variate, MOON's previous model); it is not
+        counted as communication. The base objective needs none."""
 
     def client_upload(self) -> dict[str, Any]:
-        """Extra data to send to the server after training (e.g. SCAFFOLD's control variate)."""
+        """Extra data to send to the server after training (e.g. SCAFFOLD's control-variate
+        change); a ``"client_state"`` entry is kept for the client's next round, not sent."""
         return {}
 
     def training_loss(self, logits: Tensor, y: Tensor, x: Tensor) -> Tensor:
@@ -78,9 +83,13 @@ class ClientModule(L.LightningModule):
         x, y = batch
         logits = self(x)
         loss = self.training_loss(logits, y, x) if stage == "train" else F.cross_entropy(logits, y)
+        self._record(loss, logits, y)
+        return loss
+
+    def _record(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
+        """Accumulate the epoch's sample-weighted loss and accuracy (logged at epoch end)."""
         self.loss_mean.update(loss.detach(), weight=y.numel())
         self.acc.update(logits.detach(), y)
-        return loss
 
     def _log_epoch(self, stage: str) -> None:
         self.log(f"{stage}_loss", self.loss_mean.compute(), prog_bar=False)

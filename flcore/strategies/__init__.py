@@ -4,6 +4,11 @@ from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, Stra
 from flcore.strategies.fedavg import FedAvg
 from flcore.strategies.fedcross import FedCross
 from flcore.strategies.fedmr import FedMR
+from flcore.strategies.fednova import FedNova
+from flcore.strategies.fedprox import FedProx
+from flcore.strategies.moon import Moon
+from flcore.strategies.scaffold import Scaffold
 from flcore.strategies.multimodel import MultiModelStrategy
 
-__all__ = ["Strategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy"]
+__all__ = ["Strategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
+           "FedProx", "Scaffold", "FedNova", "Moon"]

@@ -83,8 +83,11 @@ class Strategy(ABC):
         """
 
     @abstractmethod
-    def initialize(self, model_state: StateDict, clients_per_round: int) -> dict[str, Any]:
-        """Server state at round 0, from the freshly initialised model's state_dict."""
+    def initialize(self, model_state: StateDict, clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
+        """Server state at round 0, from the freshly initialised model's state_dict.
+
+        ``num_clients`` is N, the federation's size (for participation-rate-dependent updates).
+        """
 
     @abstractmethod
     def configure_fit(

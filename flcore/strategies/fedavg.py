@@ -20,7 +20,7 @@ class FedAvg(Strategy):
     State: ``{"global": state_dict}``.
     """
 
-    def initialize(self, model_state: StateDict, clients_per_round: int) -> dict[str, Any]:
+    def initialize(self, model_state: StateDict, clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
         return {"global": {k: v.clone() for k, v in model_state.items()}}
 
     def configure_fit(self, rnd, clients, state, rng) -> list[ClientTask]:

@@ -44,7 +44,7 @@ class MultiModelStrategy(Strategy):
                 f"and needs K >= 2, got {clients_per_round}"
             )
 
-    def initialize(self, model_state: StateDict, clients_per_round: int) -> dict[str, Any]:
+    def initialize(self, model_state: StateDict, clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
         init = {k: v.clone() for k, v in model_state.items()}
         return {"models": [init] * clients_per_round}  # shared, read-only: never mutated in place
 

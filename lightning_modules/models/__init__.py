@@ -1,5 +1,6 @@
 """Networks of the papers' experiments. Each exposes ``features(x)`` and ``classifier(h)``
-besides ``forward`` so that representation-based objectives (MOON, FedGen) can use them."""
+besides ``forward``, and ``feature_dim`` (width of ``features``) and ``num_classes``, so that
+representation-based objectives (MOON, FedGen) can use them."""
 
 from lightning_modules.models.cnn import CNN
 from lightning_modules.models.resnet20 import ResNet20

@@ -45,6 +45,7 @@ class CNN(nn.Module):
         self.fc1 = nn.Linear(c2 * (image_size // 4) ** 2, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
         self.num_classes = num_classes
+        self.feature_dim = hidden
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate representation ``(B, hidden)`` (used by MOON and FedGen)."""

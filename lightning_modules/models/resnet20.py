@@ -69,6 +69,7 @@ class ResNet20(nn.Module):
         self.layer1, self.layer2, self.layer3 = layers
         self.linear = nn.Linear(64, num_classes)
         self.num_classes = num_classes
+        self.feature_dim = 64
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -38,6 +38,7 @@ class VGG16(nn.Module):
         )
         self.fc = nn.Linear(512, num_classes)
         self.num_classes = num_classes
+        self.feature_dim = 512
 
     def features(self, x: Tensor) -> Tensor:
         """Penultimate representation ``(B, 512)``."""

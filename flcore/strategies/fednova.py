@@ -1,0 +1,43 @@
+"""FedNova server (Wang et al., NeurIPS 2020): normalized averaging."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flcore.functional import mix, weighted_average
+from flcore.strategies.fedavg import FedAvg
+
+__all__ = ["FedNova"]
+
+
+class FedNova(FedAvg):
+    """Normalized averaging; pair with ``model: lightning_modules.FedNovaModule``.
+
+    Client i ran ``tau_i`` local steps and reports ``||a_i||_1`` (``tau_i`` for plain SGD). With
+    ``p_i = n_i / sum n`` the server forms the normalized updates ``d_i = (x - y_i) / ||a_i||_1``
+    and the effective step count ``tau_eff = sum_i p_i ||a_i||_1`` (FedNova Eq. 6 with the paper's
+    default tau_eff), then ``x <- x - tau_eff * sum_i p_i d_i`` for every trained parameter, so a
+    client that ran more steps (more data) does not pull the model further. Buffers (BatchNorm
+    statistics) take the sample-weighted mean as in FedAvg. Without ``a_norm`` in the payload
+    (another client module), FedNova reduces to FedAvg.
+    """
+
+    def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:
+        if not results or any("a_norm" not in r.payload for r in results):
+            return super().aggregate_fit(rnd, results, state, rng)
+        x = state["global"]
+        total = float(sum(r.num_samples for r in results))
+        p = [r.num_samples / total for r in results]
+        a = [max(float(r.payload["a_norm"]), 1e-12) for r in results]
+        tau_eff = sum(pi * ai for pi, ai in zip(p, a))
+        params = set(results[0].payload.get("param_keys", x.keys()))
+        avg = weighted_average([r.state for r in results], [r.num_samples for r in results])
+        new_x = {}
+        for key in x:
+            if key not in params or not x[key].is_floating_point():
+                new_x[key] = avg[key]
+                continue
+            # x - tau_eff * sum_i p_i (x - y_i) / a_i  =  (1 - c) x + sum_i (tau_eff p_i / a_i) y_i
+            w = [tau_eff * pi / ai for pi, ai in zip(p, a)]
+            new_x[key] = mix([x[key]] + [r.state[key] for r in results], [1.0 - sum(w)] + w)
+        return {**state, "global": new_x}

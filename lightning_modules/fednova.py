@@ -1,0 +1,44 @@
+"""FedNova client (Wang et al., NeurIPS 2020): plain local SGD that reports how far it went."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from lightning.pytorch.cli import OptimizerCallable
+
+from lightning_modules.client import ClientModule, default_optimizer
+
+__all__ = ["FedNovaModule", "momentum_a_norm"]
+
+
+def momentum_a_norm(tau: int, rho: float) -> float:
+    """``||a_i||_1`` of FedNova (Wang et al. 2020, Sec. 4 / Appendix): the sum of the weights that
+    ``tau`` local SGD steps with momentum ``rho`` put on the accumulated gradients,
+    ``[tau - rho (1 - rho^tau) / (1 - rho)] / (1 - rho)``; equals ``tau`` for plain SGD."""
+    if rho == 0:
+        return float(tau)
+    return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)
+
+
+class FedNovaModule(ClientModule):
+    """Cross-entropy with SGD (optionally with momentum); uploads ``tau`` (local optimizer steps),
+    ``a_norm`` = :func:`momentum_a_norm` and the names of the trained parameters, which the
+    FedNova server normalises (buffers are averaged as in FedAvg)."""
+
+    def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False):
+        super().__init__(net, optimizer, channels_last)
+        self._steps = 0
+
+    def configure_client(self, payload: dict[str, Any]) -> None:
+        self._steps = 0
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        self._steps += 1
+
+    def client_upload(self) -> dict[str, Any]:
+        group = self.trainer.optimizers[0].param_groups[0]
+        rho = float(group.get("momentum", 0.0) or 0.0)
+        return {"tau": self._steps, "a_norm": momentum_a_norm(self._steps, rho),
+                "param_keys": [n for n, _ in self.net.named_parameters()]}
