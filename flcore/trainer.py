@@ -22,7 +22,7 @@ from flcore.executor import Executor, SequentialExecutor
 from flcore.functional import state_bytes
 from flcore.local import DEFAULT_LOCAL, LocalRunner
 from flcore.progress import RoundProgress
-from flcore.sampler import ClientSampler, UniformSampler
+from flcore.samplers import ClientSampler, UniformSampler
 from flcore.seeding import STREAM_SAMPLER, STREAM_STRATEGY, round_rng
 from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, Strategy
 from flcore.strategies.fedavg import FedAvg
@@ -193,8 +193,10 @@ class FederatedTrainer:
             self._check_resume(ckpt, datamodule)
             start, state, version = ckpt["round"], ckpt["strategy_state"], ckpt.get("version")
             self.history = list(ckpt.get("history", []))
-            self.sampler.load_state_dict(ckpt.get("sampler", {}))
         runner = LocalRunner(model, datamodule, self.local, seed, self.callbacks)
+        self.sampler.setup(datamodule.client_sizes)
+        if ckpt_path:
+            self.sampler.load_state_dict(ckpt.get("sampler", {}))
         if state is None:
             init = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
             state = self.strategy.initialize(init, self.clients_per_round, num_clients=datamodule.num_clients)
@@ -245,7 +247,11 @@ class FederatedTrainer:
                 what = "every client failed" if not results else f"{len(failures)} client(s) failed"
                 raise ClientFailureError(f"round {rnd + 1}: {what} ({detail})")
             warnings.warn(f"round {rnd + 1}: dropped {len(failures)} failed client(s): {detail}", stacklevel=2)
+        if self.sampler.equal_weights:
+            for r in results:
+                r.agg_weight = 1.0
         state = self.strategy.aggregate_fit(rnd, results, state, rng)
+        self.sampler.observe(tasks, results)
         wall = time.perf_counter() - t0
         epochs = runner.trainer.max_epochs
         metrics: dict[str, float] = {

@@ -40,7 +40,7 @@ INVALID = [
     (FEDCROSS + [S + "propeller_rounds", "-1"], "strategy.propeller_rounds"),
     (FEDMR + [S + "unit", "layer"], "['key', 'module']"),
     (FEDMR + [S + "first_stage_rounds", "-3"], "strategy.first_stage_rounds"),
-    (["--trainer.sampler.class_path", "flcore.sampler.NoSuch"], "trainer.sampler"),
+    (["--trainer.sampler.class_path", "flcore.samplers.NoSuch"], "trainer.sampler"),
     (["--trainer.strategy.class_path", "flcore.strategies.Scaffold", "--model.class_path",
       "lightning_modules.ScaffoldModule", "--trainer.local.precision", "16-mixed"], "trainer.local.precision"),
     (["--trainer.strategy.class_path", "flcore.strategies.Scaffold", S + "global_lr", "0"], "strategy.global_lr"),

@@ -49,6 +49,8 @@ class ClientResult:
         num_samples: the client's training-set size n_k (FedAvg weight).
         metrics: e.g. ``{"train_loss": float, "train_acc": float}`` of the last local epoch.
         payload: extra uploads of the local objective.
+        agg_weight: aggregation weight if not the sample count (set by the trainer when the
+            sampler asks for equal weights, e.g. clustered sampling).
     """
 
     cid: int
@@ -57,6 +59,12 @@ class ClientResult:
     num_samples: int
     metrics: dict[str, float] = field(default_factory=dict)
     payload: dict[str, Any] = field(default_factory=dict)
+    agg_weight: float | None = None
+
+    @property
+    def weight(self) -> float:
+        """The aggregation weight: ``agg_weight`` if set, else ``num_samples`` (FedAvg's n_k)."""
+        return float(self.num_samples if self.agg_weight is None else self.agg_weight)
 
 
 @dataclass

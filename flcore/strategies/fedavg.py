@@ -29,7 +29,7 @@ class FedAvg(Strategy):
     def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
         if not results:
             return state
-        return {**state, "global": weighted_average([r.state for r in results], [r.num_samples for r in results])}
+        return {**state, "global": weighted_average([r.state for r in results], [r.weight for r in results])}
 
     def global_model(self, state) -> StateDict:
         return state["global"]

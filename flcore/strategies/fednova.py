@@ -26,12 +26,12 @@ class FedNova(FedAvg):
         if not results or any("a_norm" not in r.payload for r in results):
             return super().aggregate_fit(rnd, results, state, rng)
         x = state["global"]
-        total = float(sum(r.num_samples for r in results))
-        p = [r.num_samples / total for r in results]
+        total = float(sum(r.weight for r in results))
+        p = [r.weight / total for r in results]
         a = [max(float(r.payload["a_norm"]), 1e-12) for r in results]
         tau_eff = sum(pi * ai for pi, ai in zip(p, a))
         params = set(results[0].payload.get("param_keys", x.keys()))
-        avg = weighted_average([r.state for r in results], [r.num_samples for r in results])
+        avg = weighted_average([r.state for r in results], [r.weight for r in results])
         new_x = {}
         for key in x:
             if key not in params or not x[key].is_floating_point():

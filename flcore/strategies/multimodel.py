@@ -59,7 +59,7 @@ class MultiModelStrategy(Strategy):
         for r in results:
             uploaded[r.slot] = r.state
         if rnd < self.first_stage_rounds:
-            avg = weighted_average([r.state for r in results], [r.num_samples for r in results])
+            avg = weighted_average([r.state for r in results], [r.weight for r in results])
             return {**state, "models": [avg] * len(uploaded)}
         return {**state, "models": self.combine(rnd, uploaded, rng)}
 
