@@ -35,6 +35,7 @@ _NOISE = (
     r".*LeafSpec.*",
     r".*Checkpoint directory.*",
     r".*defined a `validation_step` but have no `val_dataloader`.*",
+    r".*module\(s\) in eval mode at the start of training.*",  # frozen teachers (MOON, FedGen)
 )
 
 

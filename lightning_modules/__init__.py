@@ -1,9 +1,10 @@
 """Client side: one LightningModule per local objective, and the networks (``models``)."""
 
 from lightning_modules.client import ClientModule, default_optimizer
+from lightning_modules.fedgen import FedGenModule
 from lightning_modules.fednova import FedNovaModule
 from lightning_modules.fedprox import FedProxModule
 from lightning_modules.moon import MoonModule
 from lightning_modules.scaffold import ScaffoldModule
 
-__all__ = ["ClientModule", "default_optimizer", "FedProxModule", "ScaffoldModule", "FedNovaModule", "MoonModule"]
+__all__ = ["ClientModule", "default_optimizer", "FedProxModule", "ScaffoldModule", "FedNovaModule", "MoonModule", "FedGenModule"]

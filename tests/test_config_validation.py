@@ -54,6 +54,8 @@ INVALID = [
     ([N + "init_args.image_size", "30"], "image_size"),
     (["--model.init_args.optimizer.class_path", "torch.optim.NoSuch"], "model.optimizer"),
     (["--model.class_path", "lightning_modules.NoSuch"], "model"),
+    (["--model.class_path", "lightning_modules.FedGenModule", N + "class_path", "torch.nn.Identity"],
+     "feature/classifier split"),
     # data
     (["--data.class_path", "datamodules.NoSuch"], "data"),
     ([P + "class_path", "datamodules.NoSuch"], "data.partition"),

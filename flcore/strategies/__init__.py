@@ -3,6 +3,7 @@
 from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, Strategy
 from flcore.strategies.fedavg import FedAvg
 from flcore.strategies.fedcross import FedCross
+from flcore.strategies.fedgen import FedGen
 from flcore.strategies.fedmr import FedMR
 from flcore.strategies.fednova import FedNova
 from flcore.strategies.fedprox import FedProx
@@ -11,4 +12,4 @@ from flcore.strategies.scaffold import Scaffold
 from flcore.strategies.multimodel import MultiModelStrategy
 
 __all__ = ["Strategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
-           "FedProx", "Scaffold", "FedNova", "Moon"]
+           "FedProx", "Scaffold", "FedNova", "Moon", "FedGen"]

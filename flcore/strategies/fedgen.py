@@ -1,0 +1,120 @@
+"""FedGen server (Zhu, Hong & Zhou, ICML 2021, Algorithm 1): FedAvg plus a feature generator
+trained on the ensemble of the clients' classifier heads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flcore.functional import StateDict
+from flcore.strategies.base import ClientTask
+from flcore.strategies.fedavg import FedAvg
+from lightning_modules.models.generator import FeatureGenerator, diversity_loss
+
+__all__ = ["FedGen", "teacher_weights", "classifier_keys"]
+
+
+def classifier_keys(state: StateDict) -> tuple[str, str | None]:
+    """The classifier head's weight and bias keys: the last 2-D floating entry and the 1-D entry
+    that follows it (the networks' ``classifier`` is one Linear registered last)."""
+    keys = list(state)
+    idx = max(i for i, k in enumerate(keys) if state[k].dim() == 2 and state[k].is_floating_point())
+    bias = keys[idx + 1] if idx + 1 < len(keys) and state[keys[idx + 1]].dim() == 1 else None
+    return keys[idx], bias
+
+
+def teacher_weights(label_counts: torch.Tensor) -> torch.Tensor:
+    """``w[k, y] = n_k,y / sum_j n_j,y`` (0 where no client has label y). ``(K, C)`` -> ``(K, C)``."""
+    counts = label_counts.to(torch.float64)
+    total = counts.sum(0, keepdim=True)
+    return torch.where(total > 0, counts / total.clamp_min(1), torch.zeros_like(counts))
+
+
+class FedGen(FedAvg):
+    """Server half of FedGen; pair with ``model: lightning_modules.FedGenModule``.
+
+    After FedAvg aggregation the server trains the generator ``G`` for ``generator_steps`` Adam
+    steps on batches of labels drawn from those the round's clients hold:
+    ``min_G sum_k mean_b w[k, y_b] CE(h_k(G(eps_b, y_b)), y_b) + diversity_weight * L_div``
+    (Algorithm 1's ensemble-knowledge objective with the reference code's label weights and
+    diversity loss), where ``h_k`` is client k's uploaded classifier head. The generator goes down
+    to the clients with the global model (counted in ``round/bytes_down``).
+
+    State: ``{"global", "generator", "generator_opt", "generator_trained"}``.
+
+    Args:
+        noise_dim, hidden: generator sizes (must match the client module's).
+        generator_lr: Adam learning rate (reference: 3e-4, weight decay 1e-2).
+        generator_steps: generator updates per round (reference: 5).
+        generator_batch: labels per generator step.
+        diversity_weight: weight of the diversity loss (reference: 1).
+
+    Raises:
+        ValueError: non-positive sizes, steps or learning rate; negative diversity weight.
+    """
+
+    def __init__(self, noise_dim: int = 32, hidden: int = 256, generator_lr: float = 3e-4, generator_steps: int = 5,
+                 generator_batch: int = 32, diversity_weight: float = 1.0):
+        for name, v in (("noise_dim", noise_dim), ("hidden", hidden), ("generator_lr", generator_lr),
+                        ("generator_steps", generator_steps), ("generator_batch", generator_batch)):
+            if not v > 0:
+                raise ValueError(f"strategy.{name}: must be > 0, got {v}")
+        if diversity_weight < 0:
+            raise ValueError(f"strategy.diversity_weight: must be >= 0, got {diversity_weight}")
+        self.noise_dim, self.hidden = int(noise_dim), int(hidden)
+        self.generator_lr, self.generator_steps = float(generator_lr), int(generator_steps)
+        self.generator_batch, self.diversity_weight = int(generator_batch), float(diversity_weight)
+
+    def _generator(self, model_state: StateDict) -> FeatureGenerator:
+        w_key, _ = classifier_keys(model_state)
+        num_classes, feature_dim = model_state[w_key].shape
+        return FeatureGenerator(num_classes, feature_dim, self.noise_dim, self.hidden)
+
+    def _optimizer(self, gen: FeatureGenerator) -> torch.optim.Optimizer:
+        return torch.optim.Adam(gen.parameters(), lr=self.generator_lr, weight_decay=1e-2)
+
+    def initialize(self, model_state, clients_per_round, num_clients=0):
+        gen = self._generator(model_state)
+        return {**super().initialize(model_state, clients_per_round), "generator": gen.state_dict(),
+                "generator_opt": self._optimizer(gen).state_dict(), "generator_trained": False}
+
+    def configure_fit(self, rnd, clients, state, rng):
+        payload = {"round": rnd, "generator": state["generator"]} if state["generator_trained"] else {}
+        return [ClientTask(cid=c, state=state["global"], slot=i, payload=payload) for i, c in enumerate(clients)]
+
+    def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:
+        new = super().aggregate_fit(rnd, results, state, rng)
+        uploads = [r for r in results if "label_counts" in r.payload]
+        if not uploads:
+            return new
+        gen = self._generator(state["global"])
+        gen.load_state_dict(state["generator"])
+        opt = self._optimizer(gen)
+        opt.load_state_dict(state["generator_opt"])
+        self.train_generator(gen, opt, uploads, rng)
+        return {**new, "generator": {k: v.detach().clone() for k, v in gen.state_dict().items()},
+                "generator_opt": opt.state_dict(), "generator_trained": True}
+
+    def train_generator(self, gen, opt, uploads, rng: np.random.Generator) -> list[float]:
+        """The round's generator updates; returns the loss of each step."""
+        w_key, b_key = classifier_keys(uploads[0].state)
+        heads = [(u.state[w_key].float(), u.state[b_key].float() if b_key else None) for u in uploads]
+        weights = teacher_weights(torch.stack([u.payload["label_counts"] for u in uploads])).float()
+        labels = torch.nonzero(weights.sum(0) > 0).flatten()
+        noise = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        gen.train()
+        losses = []
+        for _ in range(self.generator_steps):
+            y = labels[torch.randint(len(labels), (self.generator_batch,), generator=noise)]
+            z, eps = gen.sample(y, generator=noise)
+            teacher = sum((F.cross_entropy(F.linear(z, w, b), y, reduction="none") * weights[k, y]).mean()
+                          for k, (w, b) in enumerate(heads))
+            loss = teacher + self.diversity_weight * diversity_loss(eps, z)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        return losses
