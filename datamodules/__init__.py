@@ -1,6 +1,7 @@
 """Federated datamodules: datasets with a partition into clients. Independent of flcore."""
 
 from datamodules.base import DatasetNotFoundError, FederatedDataModule, IndexedTensors
+from datamodules.leaf import FEMNIST, LeafDataModule, Natural, Sent140, Shakespeare
 from datamodules.partition import IID, Dirichlet, Partitioner, Shards, label_distribution
 from datamodules.vision import CIFAR10, CIFAR100, MNIST, Digits, FashionMNIST
 
@@ -8,4 +9,5 @@ __all__ = [
     "FederatedDataModule", "IndexedTensors", "DatasetNotFoundError",
     "Partitioner", "IID", "Dirichlet", "Shards", "label_distribution",
     "Digits", "MNIST", "FashionMNIST", "CIFAR10", "CIFAR100",
+    "LeafDataModule", "Natural", "FEMNIST", "Shakespeare", "Sent140",
 ]

@@ -198,6 +198,12 @@ class FederatedTrainer:
         if ckpt_path:
             self.sampler.load_state_dict(ckpt.get("sampler", {}))
         if state is None:
+            prepare = getattr(datamodule, "prepare_net", None)  # data-dependent init, e.g. GloVe embeddings
+            if prepare is not None:
+                try:
+                    prepare(model.net)
+                except (ValueError, OSError) as err:
+                    raise ConfigError(str(err)) from None
             init = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
             state = self.strategy.initialize(init, self.clients_per_round, num_clients=datamodule.num_clients)
         logger = TensorBoardLogger(self.log_dir, name=self.name, version=version, default_hp_metric=False)
@@ -205,6 +211,8 @@ class FederatedTrainer:
         if start == 0:
             logger.log_hyperparams(self._hparams(seed, datamodule))
         self._write_config()
+        if hasattr(datamodule, "save_artifacts"):  # e.g. Sent140's vocabulary
+            datamodule.save_artifacts(self.run_dir)
         t0 = time.perf_counter()
         completed = start
         with _signals_raise_interrupt(), RoundProgress(self.rounds, start) as progress:

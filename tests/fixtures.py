@@ -63,3 +63,124 @@ def write_cifar100(root: Path, n_train=40, n_test=10, seed=0):
     with open(d / "meta", "wb") as f:
         pickle.dump({"fine_label_names": [f"f{i}" for i in range(100)],
                      "coarse_label_names": [f"c{i}" for i in range(20)]}, f, protocol=2)
+
+
+def write_leaf(root: Path, users: dict, files: int = 2) -> None:
+    """LEAF JSON: ``root/{train,test}/part_i.json`` with users spread over ``files`` files.
+
+    ``users[u] = {"train": (xs, ys), "test": (xs, ys)}``.
+    """
+    import json
+
+    names = list(users)
+    for split in ("train", "test"):
+        d = root / split
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(files):
+            part = names[i::files]
+            blob = {"users": part, "num_samples": [len(users[u][split][1]) for u in part],
+                    "user_data": {u: {"x": list(users[u][split][0]), "y": list(users[u][split][1])} for u in part}}
+            (d / f"part_{i}.json").write_text(json.dumps(blob))
+
+
+def femnist_users(n_users=4, seed=0):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k in range(n_users):
+        n_tr, n_te = 6 + 2 * k, 3
+        out[f"f{k:04d}_{k}"] = {
+            split: (rng.random((n, 784)).round(3).tolist(), rng.integers(0, 62, n).tolist())
+            for split, n in (("train", n_tr), ("test", n_te))
+        }
+    return out
+
+
+def sent140_users(n_users=4, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ["good", "bad", "happy", "sad", "love", "hate", "today", "work", "!", "the"]
+    out = {}
+    for k in range(n_users):
+        def tweets(n):
+            xs = [[str(1000 + i), "Mon Apr 06 22:19:45 PDT 2009", "NO_QUERY", f"user{k}",
+                   " ".join(rng.choice(words, size=rng.integers(3, 12)))] for i in range(n)]
+            return xs, [int(v) for v in rng.integers(0, 2, n)]
+        out[f"user{k}"] = {"train": tweets(8), "test": tweets(3)}
+    return out
+
+
+COMPLETE_WORKS = """The Complete Works of William Shakespeare
+
+THE TRAGEDY OF TESTING
+
+by William Shakespeare
+
+  ALPHA. The first line of alpha, which is long enough to matter here.
+    A continuation of alpha's first speech, with more words in it.
+  BETA. Beta answers alpha with a speech of her own, rather long too.
+  ALPHA. Alpha again: the second speech, to make a user with three lines.
+  BETA. Beta's second speech is also here, long enough for windows.
+  GAMMA. Gamma speaks only once.
+  ALPHA. Alpha's third and final speech closes the little scene.
+  BETA. And beta's third one, so that both have a test line.
+
+THE SECOND PLAY
+
+by William Shakespeare
+
+  DELTA. Delta opens the second play with a speech that is long enough.
+  EPSILON. Epsilon replies briefly but not too briefly, surely.
+  DELTA. Delta's second speech in the second play, of some length.
+  EPSILON. Epsilon's second speech: more words for more windows here.
+  DELTA. Delta's third speech ends it, with a final flourish of words.
+  EPSILON. Epsilon's third: the last line of the whole tiny corpus.
+"""
+
+SPEAKER_PLAY = """THE TRAGEDY OF TESTING
+
+by William Shakespeare
+
+Dramatis Personae
+
+  Alpha, a tester.
+  Beta, her friend.
+
+Enter Alpha and Beta.
+
+Alp.
+Who's there? A question to begin with, and a long one at that.
+
+Bet.
+Nay, answer me: stand, and unfold yourself, as the play says.
+
+Alp.
+Long live the tests! [Aside.] They pass, they pass at last.
+
+Bet.
+Peace.
+You come most carefully upon your hour, and so the scene goes.
+
+[Exit Beta.]
+
+Alp.
+A third speech for alpha, so that she has enough lines for a split.
+
+Bet.
+And a third for beta, the last line of this tiny play.
+
+Exeunt.
+"""
+
+
+def long_complete_works(plays: int = 2, roles: int = 3, speeches: int = 6) -> str:
+    """A Complete-Works-layout text whose speeches are long enough for 80-character windows."""
+    words = "now is the winter of our discontent made glorious summer by this sun of york".split()
+    out = ["The Complete Works of William Shakespeare", ""]
+    for p in range(plays):
+        out += [f"THE PLAY NUMBER {p}", "", "by William Shakespeare", ""]
+        for s in range(speeches):
+            for r in range(roles):
+                text = " ".join(words[(p + r + s + i) % len(words)] for i in range(30))
+                out.append(f"  ROLE{chr(65 + r)}. {text}")
+                out.append(f"    {text[::-1]}")
+        out.append("")
+    return "\n".join(out) + "\n"

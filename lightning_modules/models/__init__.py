@@ -4,7 +4,8 @@ representation-based objectives (MOON, FedGen) can use them."""
 
 from lightning_modules.models.cnn import CNN
 from lightning_modules.models.generator import FeatureGenerator
+from lightning_modules.models.lstm import CharLSTM, Sent140LSTM
 from lightning_modules.models.resnet20 import ResNet20
 from lightning_modules.models.vgg16 import VGG16
 
-__all__ = ["CNN", "ResNet20", "VGG16", "FeatureGenerator"]
+__all__ = ["CNN", "ResNet20", "VGG16", "FeatureGenerator", "CharLSTM", "Sent140LSTM"]
