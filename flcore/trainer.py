@@ -327,9 +327,14 @@ class FederatedTrainer:
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
 
     def _experiment_fields(self) -> dict[str, Any]:
+        """The config fields that define the experiment (a resume must not change them). The data's
+        location may change (``root``, ``download``, ``eval_batch_size``); nothing else may."""
         cfg = self.run_config or {}
         trainer = cfg.get("trainer", {}) or {}
-        return {"seed_everything": cfg.get("seed_everything"), "model": cfg.get("model"), "data": cfg.get("data"),
+        data = dict(cfg.get("data") or {})
+        data["init_args"] = {k: v for k, v in (data.get("init_args") or {}).items()
+                             if k not in ("root", "download", "eval_batch_size")}
+        return {"seed_everything": cfg.get("seed_everything"), "model": cfg.get("model"), "data": data,
                 "trainer.strategy": trainer.get("strategy"), "trainer.clients_per_round": trainer.get("clients_per_round"),
                 "trainer.local": trainer.get("local")}
 
@@ -340,7 +345,7 @@ class FederatedTrainer:
         if old is None or self.run_config is None:
             return
         new = self._experiment_fields()
-        differ = sorted(k for k in new if k != "data" and new[k] != old.get(k))
+        differ = sorted(k for k in new if new[k] != old.get(k))
         if differ:
             raise ConfigError(f"ckpt_path: resuming with a different experiment is refused; fields differ: {', '.join(differ)}")
 

@@ -156,6 +156,8 @@ def test_resume_refuses_a_different_experiment_and_allows_more_rounds(run_cli, t
     assert code == 2 and "trainer.strategy" in err and "refused" in err
     code, _, err = run_cli(*base, "--seed_everything", "3", "--ckpt_path", "last")
     assert code == 2 and "seed_everything" in err
+    code, _, err = run_cli(*base, "--data.init_args.batch_size", "7", "--ckpt_path", "last")
+    assert code == 2 and "data" in err and "refused" in err
     code, out, err = run_cli("fit", "--config", QUICKSTART, "--trainer.rounds", "2", "--trainer.local.max_epochs", "1",
                              "--trainer.eval_every", "1", "--ckpt_path", "last")
     assert code == 0, err
