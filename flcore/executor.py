@@ -3,12 +3,19 @@ plug in behind the same interface)."""
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
+import signal
 from abc import ABC, abstractmethod
+from concurrent.futures import ProcessPoolExecutor as _Pool
+from concurrent.futures.process import BrokenProcessPool
+
+import torch
 
 from flcore.local import LocalRunner
 from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
 
-__all__ = ["Executor", "SequentialExecutor"]
+__all__ = ["Executor", "SequentialExecutor", "ProcessPoolExecutor"]
 
 
 class Executor(ABC):
@@ -31,3 +38,77 @@ class SequentialExecutor(Executor):
 
     def run(self, rnd, tasks, runner):
         return [runner.fit(task, rnd) for task in tasks]
+
+
+_WORKER: LocalRunner | None = None
+
+
+def _init_worker(module_bytes: bytes, datamodule, trainer_kwargs, seed, callbacks, threads: int) -> None:
+    """Pool initializer: a worker's own reusable Trainer over its own copy of the module.
+
+    The module arrives as plain pickle bytes (a private copy): multiprocessing's own pickler would
+    move its parameters into memory shared with the parent and the other workers, which would then
+    train the same weights at once. The datamodule's tensors may be shared: they are only read.
+    """
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and checkpoints
+    torch.set_num_threads(threads)
+    _WORKER = LocalRunner(pickle.loads(module_bytes), datamodule, trainer_kwargs, seed, callbacks)
+
+
+def _fit_in_worker(blob: bytes, rnd: int) -> bytes:
+    assert _WORKER is not None
+    return pickle.dumps(_WORKER.fit(pickle.loads(blob), rnd))
+
+
+class ProcessPoolExecutor(Executor):
+    """Local updates in ``num_workers`` processes with ``threads_per_worker`` torch threads each.
+
+    Workers start with ``start_method`` (default ``spawn``: a fresh interpreter that receives the
+    module and the loaded data once, at start; ``fork`` can deadlock once the parent has run
+    OpenMP threads); each builds its own reusable Lightning Trainer. Tasks and results cross
+    as pickled bytes. Every local update draws its randomness from (run seed, round, client), so
+    the results equal the sequential executor's bit for bit when both use the same number of
+    torch threads per process. A worker that dies makes its clients fail for that round (the
+    trainer's ``on_client_failure`` policy applies) and the pool is rebuilt. CPU only: with a GPU
+    use the sequential executor.
+
+    Args:
+        num_workers: worker processes (>= 1).
+        threads_per_worker: torch intra-op threads per worker (>= 1).
+        start_method: ``fork``, ``forkserver`` or ``spawn``.
+
+    Raises:
+        ValueError: counts < 1 or an unknown start method.
+    """
+
+    def __init__(self, num_workers: int = 2, threads_per_worker: int = 1, start_method: str = "spawn"):
+        if num_workers < 1 or threads_per_worker < 1:
+            raise ValueError("trainer.executor.num_workers / threads_per_worker: must be >= 1")
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(f"trainer.executor.start_method: must be one of "
+                             f"{multiprocessing.get_all_start_methods()}, got {start_method!r}")
+        self.num_workers, self.threads_per_worker, self.start_method = num_workers, threads_per_worker, start_method
+        self._pool: _Pool | None = None
+
+    def run(self, rnd, tasks, runner):
+        if self._pool is None:
+            self._pool = _Pool(self.num_workers, mp_context=multiprocessing.get_context(self.start_method),
+                               initializer=_init_worker,
+                               initargs=(pickle.dumps(runner.module), runner.datamodule, runner.trainer_kwargs, runner.seed,
+                                         runner.callbacks, self.threads_per_worker))
+        futures = [self._pool.submit(_fit_in_worker, pickle.dumps(t), rnd) for t in tasks]
+        out: list[ClientResult | ClientFailure] = []
+        for task, fut in zip(tasks, futures):
+            try:
+                out.append(pickle.loads(fut.result()))
+            except BrokenProcessPool:
+                out.append(ClientFailure(task.cid, task.slot, "worker process died"))
+        if any(isinstance(o, ClientFailure) and o.reason == "worker process died" for o in out):
+            self.close()
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

@@ -74,6 +74,7 @@ class LocalRunner:
     def __init__(self, module: L.LightningModule, datamodule, trainer_kwargs: dict[str, Any] | None,
                  seed: int, callbacks: list | None = None):
         quiet_lightning()
+        self.trainer_kwargs, self.callbacks = dict(trainer_kwargs or {}), list(callbacks or [])
         kwargs = {**DEFAULT_LOCAL, **(trainer_kwargs or {})}
         if callbacks:
             kwargs["callbacks"] = list(callbacks) + list(kwargs.get("callbacks") or [])

@@ -215,7 +215,7 @@ class FederatedTrainer:
             datamodule.save_artifacts(self.run_dir)
         t0 = time.perf_counter()
         completed = start
-        with _signals_raise_interrupt(), RoundProgress(self.rounds, start) as progress:
+        with _signals_raise_interrupt(), RoundProgress(self.rounds, start) as progress, _closing(self.executor):
             try:
                 for rnd in range(start, self.rounds):
                     out_of_time = self.max_time_s is not None and time.perf_counter() - t0 >= self.max_time_s
@@ -237,7 +237,6 @@ class FederatedTrainer:
                     raise RunInterrupted(err.signum, msg) from None
                 raise ClientFailureError(msg) from None
         logger.finalize("success")
-        self.executor.close()
         return self._summary(time.perf_counter() - t0)
 
     def _round(self, rnd, state, runner, datamodule, seed, force_eval=False):
@@ -381,6 +380,15 @@ class FederatedTrainer:
             f"(round {summary['best_round']}); logs in {self.run_dir}"
         )
         return summary
+
+
+@contextmanager
+def _closing(executor: Executor):
+    """Release the executor's workers however the run ends."""
+    try:
+        yield executor
+    finally:
+        executor.close()
 
 
 @contextmanager

@@ -1,0 +1,70 @@
+import os
+import signal
+
+import pytest
+import torch
+from lightning import seed_everything
+
+from datamodules import Digits, Dirichlet
+from flcore import FederatedTrainer
+from flcore.executor import ProcessPoolExecutor, SequentialExecutor
+from flcore.strategies import FedAvg, FedCross
+from lightning_modules import ClientModule
+from lightning_modules.models import CNN
+
+
+def _run(executor, strategy, tmp_path, name):
+    seed_everything(0)
+    trainer = FederatedTrainer(strategy=strategy, rounds=2, clients_per_round=4, local={"max_epochs": 1},
+                               log_dir=str(tmp_path), name=name, executor=executor)
+    trainer.fit(ClientModule(CNN(1, 10, 8)), Digits(num_clients=8, partition=Dirichlet(0.5), batch_size=32))
+    ckpt = torch.load(next(tmp_path.glob(f"{name}/version_*/checkpoints/last.ckpt")), weights_only=True)
+    state = ckpt["strategy_state"]
+    return state["models"] if "models" in state else [state["global"]], ckpt["history"]
+
+
+@pytest.mark.parametrize("strategy", [FedAvg, lambda: FedCross(alpha=0.9)], ids=["fedavg", "fedcross"])
+def test_process_pool_equals_sequential(tmp_path, strategy):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # same threads per process as the 1-thread workers
+    try:
+        seq_models, seq_hist = _run(SequentialExecutor(), strategy(), tmp_path, "seq")
+        pool_models, pool_hist = _run(ProcessPoolExecutor(num_workers=2, threads_per_worker=1), strategy(), tmp_path, "pool")
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seq_models) == len(pool_models)
+    for a, b in zip(seq_models, pool_models):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    keys = ("global/test_acc", "global/test_loss", "clients/train_loss")
+    assert [[h.get(k) for k in keys] for h in seq_hist] == [[h.get(k) for k in keys] for h in pool_hist]
+
+
+class KillerDigits(Digits):
+    """Kills the worker process that loads client 3's data (never the parent)."""
+
+    parent_pid = 0
+
+    def client_dataloader(self, cid, generator=None):
+        if cid == 3 and os.getpid() != self.parent_pid:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().client_dataloader(cid, generator)
+
+
+def test_dead_worker_is_a_failed_client(tmp_path):
+    seed_everything(0)
+    dm = KillerDigits(num_clients=8, batch_size=32)
+    dm.parent_pid = os.getpid()
+    trainer = FederatedTrainer(strategy=FedAvg(), rounds=2, clients_per_round=8, local={"max_epochs": 1},
+                               log_dir=str(tmp_path), name="dead", executor=ProcessPoolExecutor(2))
+    with pytest.warns(UserWarning, match="worker process died"):
+        summary = trainer.fit(ClientModule(CNN(1, 10, 8)), dm)
+    assert len(trainer.history) == 2  # the pool is rebuilt and the second round runs
+    assert all(h["round/failed_clients"] >= 1 for h in trainer.history)
+    assert summary["final_test_acc"] > 0
+
+
+def test_bad_executor_arguments():
+    with pytest.raises(ValueError, match="num_workers"):
+        ProcessPoolExecutor(num_workers=0)
+    with pytest.raises(ValueError, match="start_method"):
+        ProcessPoolExecutor(start_method="teleport")
