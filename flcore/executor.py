@@ -105,10 +105,18 @@ class ProcessPoolExecutor(Executor):
             except BrokenProcessPool:
                 out.append(ClientFailure(task.cid, task.slot, "worker process died"))
         if any(isinstance(o, ClientFailure) and o.reason == "worker process died" for o in out):
-            self.close()
+            self.close(broken=True)
         return out
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def close(self, broken: bool = False) -> None:
+        """Shut the workers down. A broken pool (a worker died) is killed without waiting:
+        ``shutdown(wait=True)`` can block forever on a broken pool's surviving workers."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        if broken:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            pool.shutdown(wait=True, cancel_futures=True)
