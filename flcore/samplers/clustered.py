@@ -33,8 +33,8 @@ def update_similarity(updates: np.ndarray, measure: str = "cosine") -> np.ndarra
     if measure == "L2":
         sq = (u**2).sum(1)
         return np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * u @ u.T, 0.0))
-    if measure == "L1":
-        return np.abs(u[:, None, :] - u[None, :, :]).sum(-1)
+    if measure == "L1":  # one row at a time: an (N, N, D) array would not fit for real models
+        return np.stack([np.abs(u - row).sum(1) for row in u])
     raise ValueError(f"sampler.measure: must be one of ['cosine', 'L2', 'L1'], got {measure!r}")
 
 

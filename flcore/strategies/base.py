@@ -116,3 +116,13 @@ class Strategy(ABC):
     @abstractmethod
     def global_model(self, state: dict[str, Any]) -> StateDict:
         """The model to evaluate and deploy."""
+
+    @staticmethod
+    def with_client_states(state: dict[str, Any], results: list[ClientResult]) -> dict[str, Any]:
+        """``state["clients"]`` updated with each result's ``client_state`` upload (client-resident
+        data such as SCAFFOLD's c_i or MOON's previous model); returns a new dict."""
+        clients = dict(state.get("clients", {}))
+        for r in results:
+            if "client_state" in r.payload:
+                clients[r.cid] = r.payload["client_state"]
+        return {**state, "clients": clients}

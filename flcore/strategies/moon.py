@@ -28,9 +28,4 @@ class Moon(FedAvg):
                 for i, c in enumerate(clients)]
 
     def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:
-        new = super().aggregate_fit(rnd, results, state, rng)
-        clients = dict(state["clients"])
-        for r in results:
-            if "client_state" in r.payload:
-                clients[r.cid] = r.payload["client_state"]
-        return {**new, "clients": clients}
+        return self.with_client_states(super().aggregate_fit(rnd, results, state, rng), results)

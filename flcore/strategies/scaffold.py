@@ -56,8 +56,4 @@ class Scaffold(FedAvg):
         for key in deltas[0] if deltas else []:
             total = mix([d[key] for d in deltas], [1.0] * len(deltas))
             c[key] = total / n if key not in c else c[key] + total / n
-        clients = dict(state["clients"])
-        for r in results:
-            if "client_state" in r.payload:
-                clients[r.cid] = r.payload["client_state"]
-        return {**state, "global": new_x, "c": c, "clients": clients}
+        return self.with_client_states({**state, "global": new_x, "c": c}, results)
