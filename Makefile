@@ -24,3 +24,6 @@ benchmark-accuracy: install
 
 clean:
 	rm -rf runs benchmarks/results .pytest_cache
+
+benchmark-speed: install
+	$(BIN)/python benchmarks/speed.py

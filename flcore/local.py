@@ -110,6 +110,7 @@ class LocalRunner:
         self.trainer.fit(module, train_dataloaders=loader)
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("train_")}
         state = {k: v.detach().to("cpu", copy=True) for k, v in module.net.state_dict().items()}
+        module.zero_grad(set_to_none=True)  # gradients are dead now: free them (one model copy) between clients
         return ClientResult(
             cid=task.cid, slot=task.slot, state=state, num_samples=len(loader.dataset),
             metrics=metrics, payload=module.client_upload(),

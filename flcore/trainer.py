@@ -206,6 +206,7 @@ class FederatedTrainer:
                     raise ConfigError(str(err)) from None
             init = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
             state = self.strategy.initialize(init, self.clients_per_round, num_clients=datamodule.num_clients)
+            del init  # the strategy holds its own copy; one model copy less for the whole run
         logger = TensorBoardLogger(self.log_dir, name=self.name, version=version, default_hp_metric=False)
         self.run_dir = Path(logger.log_dir)
         if start == 0:
@@ -257,8 +258,8 @@ class FederatedTrainer:
         if self.sampler.equal_weights:
             for r in results:
                 r.agg_weight = 1.0
+        self.sampler.observe(tasks, results)  # before aggregation, which may reuse the results' tensors
         state = self.strategy.aggregate_fit(rnd, results, state, rng)
-        self.sampler.observe(tasks, results)
         wall = time.perf_counter() - t0
         epochs = runner.trainer.max_epochs
         metrics: dict[str, float] = {

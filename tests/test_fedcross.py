@@ -154,7 +154,7 @@ def test_lowest_similarity_strategy_round():
     tasks = s.configure_fit(0, [4, 7, 9], state, np.random.default_rng(0))
     assert sorted(t.cid for t in tasks) == [4, 7, 9] and [t.slot for t in tasks] == [0, 1, 2]
     trained = [torch.tensor([1.0, 0.0]), torch.tensor([1.0, 1.0]), torch.tensor([-1.0, 0.2])]
-    results = [ClientResult(t.cid, t.slot, {"w": trained[t.slot]}, 10) for t in tasks]
+    results = [ClientResult(t.cid, t.slot, {"w": trained[t.slot].clone()}, 10) for t in tasks]  # handed over
     state = s.aggregate_fit(0, results, state, np.random.default_rng(0))
     # lowest cosine: 0 <-> 2, 1 <-> 2, 2 <-> 0
     expect = [0.9 * trained[0] + 0.1 * trained[2], 0.9 * trained[1] + 0.1 * trained[2], 0.9 * trained[2] + 0.1 * trained[0]]
@@ -197,3 +197,26 @@ def test_k_and_propeller_count_validated():
         FedCross(propeller_rounds=5, num_propellers=3).validate(10, 3)
     FedCross(propeller_rounds=5, num_propellers=2).validate(10, 3)
     assert math.isclose(FedCross().alpha, 0.99)
+
+
+def test_cross_aggregate_inplace_equals_pure_and_reuses_tensors():
+    g = torch.Generator().manual_seed(3)
+    states = [{"w": torch.randn(4, 3, generator=g), "n": torch.tensor(i)} for i in range(4)]
+    copies = [{k: v.clone() for k, v in s.items()} for s in states]
+    partners = [[2], [3], [0], [1]]
+    pure = cross_aggregate(copies, partners, alpha=0.9)
+    ptrs = [s["w"].data_ptr() for s in states]
+    out = cross_aggregate(states, partners, alpha=0.9, inplace=True)
+    assert [s["w"].data_ptr() for s in out] == ptrs  # written into the uploaded tensors
+    for a, b in zip(out, pure):
+        assert torch.allclose(a["w"], b["w"]) and torch.equal(a["n"], b["n"])
+
+
+def test_fedcross_aggregate_leaves_failed_slot_model_of_previous_state_untouched():
+    strategy = FedCross(alpha=0.75, selection="in_order")
+    base = {"w": torch.zeros(3)}
+    state = strategy.initialize(base, 3)
+    results = [ClientResult(cid=c, slot=c, state={"w": torch.full((3,), float(c + 1))}, num_samples=1) for c in (0, 1)]
+    new = strategy.aggregate_fit(1, results, state, np.random.default_rng(0))
+    assert torch.equal(state["models"][2]["w"], torch.zeros(3))  # previous state intact
+    assert torch.allclose(sum(m["w"] for m in new["models"]), torch.full((3,), 3.0))  # sum kept: 1 + 2 + 0

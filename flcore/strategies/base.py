@@ -110,7 +110,8 @@ class Strategy(ABC):
         """New server state from the round's results (in task order; failed clients absent).
 
         Must not mutate ``state`` or its tensors: the trainer keeps the previous state to
-        checkpoint if the run is interrupted.
+        checkpoint if the run is interrupted. The results' tensors are handed over: a strategy
+        may overwrite them in place (FedCross does, to need no extra model copies).
         """
 
     @abstractmethod

@@ -110,4 +110,4 @@ class FedCross(MultiModelStrategy):
         return [[j] for j in select_collaborators(sim, self.selection)]
 
     def combine(self, rnd, uploaded, rng):
-        return cross_aggregate(uploaded, self.partners_at(rnd, uploaded), self.alpha_at(rnd))
+        return cross_aggregate(uploaded, self.partners_at(rnd, uploaded), self.alpha_at(rnd), inplace=True)

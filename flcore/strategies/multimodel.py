@@ -55,9 +55,10 @@ class MultiModelStrategy(Strategy):
     def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
         if not results:
             return state
-        uploaded = list(state["models"])
-        for r in results:
-            uploaded[r.slot] = r.state
+        # combine() owns what it gets and may overwrite it: a failed slot's previous model (still
+        # part of the last good state, e.g. for an interrupt checkpoint) is copied first
+        owned = {r.slot: r.state for r in results}
+        uploaded = [owned.get(i) or {k: v.clone() for k, v in m.items()} for i, m in enumerate(state["models"])]
         if rnd < self.first_stage_rounds:
             avg = weighted_average([r.state for r in results], [r.weight for r in results])
             return {**state, "models": [avg] * len(uploaded)}
@@ -65,7 +66,8 @@ class MultiModelStrategy(Strategy):
 
     @abstractmethod
     def combine(self, rnd: int, uploaded: list[StateDict], rng: np.random.Generator) -> list[StateDict]:
-        """The next round's K models from the K uploaded (trained) models."""
+        """The next round's K models from the K uploaded (trained) models, which this call owns:
+        it may overwrite their tensors in place (no other reference to them is used again)."""
 
     def global_model(self, state) -> StateDict:
         models = state["models"]

@@ -1,0 +1,314 @@
+"""Speed benchmark: flcore against the physical limits of this machine.
+
+Four sections (``--sections``), each printed as a table and written to ``--out`` (JSON):
+
+1. ``local``: the same client work run (a) by flcore's ``SequentialExecutor`` through the reusable
+   Lightning Trainer and (b) by a hand-written PyTorch loop on the same tensors (same model,
+   optimizer, batch order source, channels-last setting). Ratio = hand time / flcore time
+   (target >= 0.95 for CNN and ResNet-20, >= 0.9 for the tiny MLP). The two are interleaved and
+   repeated; medians are reported.
+2. ``server``: the server step for K models of CNN / ResNet-20 / VGG-16 (FedAvg, FedMR
+   recombination, FedCross lowest-similarity with its similarity matrix, layer-wise heterogeneous
+   averaging) against one in-place pass over the K state_dicts (``_foreach_mul_`` by 1: every
+   byte read and written once, the memory-bandwidth floor). Target <= 2x.
+3. ``memory``: peak resident memory of a real FedCross run (K = 10 VGG-16 middleware models, 2
+   rounds on a few synthetic samples per client, in a fresh process) in model copies:
+   ``(peak RSS - RSS before the model existed) / model bytes``.
+4. ``rounds``: median seconds per round (evaluation excluded) of the accuracy benchmark's
+   Fashion-MNIST CNN workload (100 clients, 10 per round, 5 local epochs, batch 50) for each
+   executor. Flower's simulation is compared if ``flwr`` is installed (it is not a dependency).
+
+Scaled-down by default to fit a few minutes on 2 CPU cores (stated in the output); ``--full``
+uses the issue's sizes (local: 10 clients x 500 samples x 5 epochs; rounds: 5 local epochs).
+Run it on an otherwise idle machine: other processes distort every ratio.
+
+Usage:
+    python benchmarks/speed.py                       # all sections, scaled down
+    python benchmarks/speed.py --sections local server --repeats 5
+    python benchmarks/speed.py --full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from datamodules.base import FederatedDataModule  # noqa: E402
+from flcore.executor import SequentialExecutor  # noqa: E402
+from flcore.functional import layerwise_average, weighted_average  # noqa: E402
+from flcore.local import LocalRunner  # noqa: E402
+from flcore.strategies import FedCross, FedMR  # noqa: E402
+from flcore.strategies.base import ClientTask  # noqa: E402
+from lightning_modules import ClientModule  # noqa: E402
+from lightning_modules.models import CNN, VGG16, ResNet20  # noqa: E402
+
+
+class Synthetic(FederatedDataModule):
+    """Random inputs of a given shape, IID over ``num_clients`` (timing only; never learns)."""
+
+    def __init__(self, shape: tuple[int, ...], samples_per_client: int, num_clients: int, batch_size: int = 50):
+        super().__init__(num_clients=num_clients, batch_size=batch_size)
+        self.input_shape, self.num_classes, self.n = tuple(shape), 10, samples_per_client * num_clients
+
+    def load(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(self.n, *self.input_shape, generator=g)
+        y = torch.randint(0, 10, (self.n,), generator=g)
+        return x, y, x[:100], y[:100]
+
+
+class TinyMLP(nn.Module):
+    """64 -> 32 -> 10 on 1x8x8 inputs (a Digits-sized model: per-step overhead dominates)."""
+
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+MODELS = {
+    "CNN": (lambda: CNN(3, 10, 32), (3, 32, 32), True),
+    "ResNet-20": (lambda: ResNet20(3, 10), (3, 32, 32), True),
+    "tiny MLP": (TinyMLP, (1, 8, 8), False),
+}
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.01, momentum=0.5)
+
+
+def hand_loop(net: nn.Module, dm: FederatedDataModule, clients: list[int], state, epochs: int, channels_last: bool):
+    """What a researcher would write by hand: the floor flcore is measured against."""
+    out = []
+    for cid in clients:
+        net.load_state_dict(state)
+        net.train()
+        opt = _sgd(net.parameters())
+        idx = torch.as_tensor(dm.client_indices[cid])
+        g = torch.Generator().manual_seed(cid)
+        for _ in range(epochs):
+            perm = idx[torch.randperm(len(idx), generator=g)]
+            for start in range(0, len(perm), dm.batch_size):
+                b = perm[start : start + dm.batch_size]
+                x, y = dm.x_train[b], dm.y_train[b]
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                loss = F.cross_entropy(net(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        out.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+    return out
+
+
+def section_local(args) -> list[dict]:
+    rows = []
+    for name, (make, shape, cl) in MODELS.items():
+        n_clients, n_samples, epochs = args.local_clients, args.local_samples, args.local_epochs
+        if name == "ResNet-20" and not args.full:
+            n_samples = max(50, n_samples // 2)  # 3x slower per sample; keep the section short
+        dm = Synthetic(shape, n_samples, n_clients)
+        dm.setup("fit")
+        net = make()
+        if cl:
+            net = net.to(memory_format=torch.channels_last)
+        state = {k: v.clone() for k, v in net.state_dict().items()}
+        runner = LocalRunner(ClientModule(net, optimizer=_sgd, channels_last=cl), dm,
+                             {"max_epochs": epochs, "accelerator": "cpu"}, seed=0)
+        hand_net = make().to(memory_format=torch.channels_last) if cl else make()
+        executor = SequentialExecutor()
+        tasks = [ClientTask(cid=c, state=state, slot=i) for i, c in enumerate(range(n_clients))]
+        executor.run(0, tasks[:1], runner)  # warm-up (first fit builds Lightning's loops)
+        hand_loop(hand_net, dm, [0], state, 1, cl)
+        t_fl, t_hand = [], []
+        for rep in range(args.repeats):
+            t0 = time.perf_counter()
+            executor.run(rep, tasks, runner)
+            t_fl.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            hand_loop(hand_net, dm, list(range(n_clients)), state, epochs, cl)
+            t_hand.append(time.perf_counter() - t0)
+        fl, hand = statistics.median(t_fl), statistics.median(t_hand)
+        work = n_clients * n_samples * epochs
+        target = 0.9 if name == "tiny MLP" else 0.95
+        rows.append({"model": name, "work": f"{n_clients} clients x {n_samples} samples x {epochs} epochs",
+                     "flcore_s": fl, "hand_s": hand, "ratio": hand / fl, "target": target,
+                     "flcore_samples_per_s": work / fl, "hand_samples_per_s": work / hand})
+        _print_row(rows[-1], ["model", "work", "flcore_s", "hand_s", "ratio", "target", "flcore_samples_per_s"])
+    return rows
+
+
+def _floor(states) -> None:
+    for s in states:
+        torch._foreach_mul_([t for t in s.values() if t.is_floating_point()], 1.0)
+
+
+def section_server(args) -> list[dict]:
+    k = args.k
+    makers = {"CNN": lambda: CNN(3, 10, 32), "ResNet-20": lambda: ResNet20(3, 10), "VGG-16": lambda: VGG16(3, 10)}
+    rows = []
+    for name, make in makers.items():
+        base = make().state_dict()
+        g = torch.Generator().manual_seed(0)
+        states = [{key: (v + 0.01 * torch.randn(v.shape, generator=g)) if v.is_floating_point() else v.clone()
+                   for key, v in base.items()} for _ in range(k)]
+        mb = sum(t.numel() * t.element_size() for t in base.values()) / 2**20
+        fedcross, fedmr = FedCross(alpha=0.99, selection="lowest_similarity"), FedMR()
+        ops = {
+            "one in-place pass (floor)": lambda: _floor(states),
+            "FedAvg": lambda: weighted_average(states, [1.0] * k),
+            "FedMR recombine": lambda: fedmr.combine(1, [dict(s) for s in states], np.random.default_rng(0)),
+            "FedCross lowest-sim": lambda: fedcross.combine(1, [dict(s) for s in states], np.random.default_rng(0)),
+            "layer-wise average": lambda: layerwise_average(states),
+        }
+        times = {op: [] for op in ops}
+        for _ in range(args.repeats):
+            for op, fn in ops.items():
+                t0 = time.perf_counter()
+                fn()
+                times[op].append(time.perf_counter() - t0)
+        floor = statistics.median(times["one in-place pass (floor)"])
+        for op in ops:
+            t = statistics.median(times[op])
+            rows.append({"model": name, "model_MiB": mb, "K": k, "op": op, "ms": 1e3 * t, "x_floor": t / floor})
+            _print_row(rows[-1], ["model", "op", "ms", "x_floor"])
+    return rows
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(k: int) -> dict:
+    """Runs in a fresh process: a real 2-round FedCross fit with K VGG-16 models."""
+    from flcore.trainer import FederatedTrainer
+
+    torch.set_num_threads(1)
+    dm = Synthetic((3, 32, 32), 4, k, batch_size=4)
+    dm.setup("fit")
+    before = _rss_bytes()
+    net = VGG16(3, 10)
+    model_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())
+    trainer = FederatedTrainer(strategy=FedCross(alpha=0.99, selection="lowest_similarity"), rounds=2,
+                               clients_per_round=k, local={"max_epochs": 1, "accelerator": "cpu"},
+                               log_dir=str(ROOT / "benchmarks" / "results" / "speed_runs"), name="memory")
+    trainer.fit(ClientModule(net, optimizer=_sgd), dm)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"K": k, "model_MiB": model_bytes / 2**20, "peak_over_base_MiB": (peak - before) / 2**20,
+            "copies": (peak - before) / model_bytes, "target_copies": k + 3}
+
+
+def section_memory(args) -> list[dict]:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(args.k)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("MEMORY ")]
+    if out.returncode or not line:
+        raise RuntimeError(f"memory child failed: {out.stderr[-2000:]}")
+    row = json.loads(line[-1][7:])
+    _print_row(row, ["K", "model_MiB", "peak_over_base_MiB", "copies", "target_copies"])
+    return [row]
+
+
+def _fmnist_round_times(executor, rounds: int, epochs: int) -> list[float]:
+    from datamodules import FashionMNIST
+    from datamodules.partition import Dirichlet
+    from flcore.trainer import FederatedTrainer
+
+    dm = FashionMNIST(root=str(ROOT / "data"), num_clients=100, partition=Dirichlet(0.1), batch_size=50)
+    net = CNN(1, 10, 28)
+    trainer = FederatedTrainer(rounds=rounds, clients_per_round=10, eval_every=10_000, executor=executor,
+                               local={"max_epochs": epochs, "accelerator": "cpu"},
+                               log_dir=str(ROOT / "benchmarks" / "results" / "speed_runs"), name="rounds")
+    trainer.fit(ClientModule(net, optimizer=_sgd, channels_last=True), dm)
+    return [h["round/wall_time_s"] for h in trainer.history]
+
+
+def section_rounds(args) -> list[dict]:
+    from flcore.executor import ProcessPoolExecutor
+
+    cores = os.cpu_count() or 1
+    executors = {
+        f"sequential ({cores} threads)": lambda: SequentialExecutor(),
+        f"process pool ({cores} workers x 1 thread)": lambda: ProcessPoolExecutor(cores, 1),
+    }
+    try:
+        from flcore.executors import RayExecutor  # optional (issue #9)
+
+        executors[f"Ray ({cores} workers x 1 CPU)"] = lambda: RayExecutor(num_workers=cores, num_cpus_per_worker=1)
+    except ImportError:
+        pass
+    rows = []
+    for name, make in executors.items():
+        torch.set_num_threads(cores if name.startswith("sequential") else 1)
+        times = _fmnist_round_times(make(), args.rounds, args.round_epochs)
+        steady = times[1:] or times  # round 1 includes worker start-up
+        rows.append({"executor": name, "rounds": len(times), "local_epochs": args.round_epochs,
+                     "median_s_per_round": statistics.median(steady), "first_round_s": times[0]})
+        _print_row(rows[-1], ["executor", "local_epochs", "median_s_per_round", "first_round_s"])
+    torch.set_num_threads(cores)
+    try:
+        import flwr  # noqa: F401
+
+        print("flwr is installed, but a Flower comparison is not implemented in this script yet")
+    except ImportError:
+        print("flwr not installed: Flower comparison skipped (pip install 'flwr[simulation]' to add it)")
+    return rows
+
+
+def _print_row(row: dict, keys: list[str]) -> None:
+    parts = []
+    for key in keys:
+        v = row[key]
+        parts.append(f"{key}={v:.3f}" if isinstance(v, float) else f"{key}={v}")
+    print("  " + "  ".join(parts), flush=True)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sections", nargs="+", default=["local", "server", "memory", "rounds"],
+                   choices=["local", "server", "memory", "rounds"])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--full", action="store_true", help="the issue's sizes (slow on CPU)")
+    p.add_argument("--k", type=int, default=10, help="models in the server and memory sections")
+    p.add_argument("--rounds", type=int, default=4, help="rounds per executor in the rounds section")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_child is not None:
+        print("MEMORY " + json.dumps(memory_child(args.memory_child)))
+        return
+    args.local_clients, args.local_samples, args.local_epochs = (10, 500, 5) if args.full else (4, 250, 2)
+    args.round_epochs = 5 if args.full else 1
+    print(f"flcore speed benchmark on {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; {'full' if args.full else 'scaled-down'} sizes")
+    results = {"cpu_cores": os.cpu_count(), "torch": torch.__version__, "full": args.full}
+    for section in args.sections:
+        print(f"[{section}]", flush=True)
+        results[section] = globals()[f"section_{section}"](args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
