@@ -49,7 +49,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from datamodules.base import FederatedDataModule  # noqa: E402
-from flcore.executor import SequentialExecutor  # noqa: E402
+from flcore.executors import SequentialExecutor  # noqa: E402
 from flcore.functional import layerwise_average, weighted_average  # noqa: E402
 from flcore.local import LocalRunner  # noqa: E402
 from flcore.strategies import FedCross, FedMR  # noqa: E402
@@ -244,7 +244,7 @@ def _fmnist_round_times(executor, rounds: int, epochs: int) -> list[float]:
 
 
 def section_rounds(args) -> list[dict]:
-    from flcore.executor import ProcessPoolExecutor
+    from flcore.executors import ProcessPoolExecutor
 
     cores = os.cpu_count() or 1
     executors = {

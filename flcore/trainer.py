@@ -18,7 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from flcore.checkpoint import load_checkpoint, resolve_ckpt_path, save_checkpoint
 from flcore.errors import ClientFailureError, ConfigError, RunInterrupted
-from flcore.executor import Executor, SequentialExecutor
+from flcore.executors import Executor, SequentialExecutor
 from flcore.functional import state_bytes
 from flcore.local import DEFAULT_LOCAL, LocalRunner
 from flcore.progress import RoundProgress

@@ -7,7 +7,7 @@ from lightning import seed_everything
 
 from datamodules import Digits, Dirichlet
 from flcore import FederatedTrainer
-from flcore.executor import ProcessPoolExecutor, SequentialExecutor
+from flcore.executors import ProcessPoolExecutor, SequentialExecutor
 from flcore.strategies import FedAvg, FedCross
 from lightning_modules import ClientModule
 from lightning_modules.models import CNN

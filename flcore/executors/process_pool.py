@@ -1,43 +1,20 @@
-"""Executors: how a round's local updates are run (sequentially here; process pools and Ray
-plug in behind the same interface)."""
+"""``ProcessPoolExecutor``: local updates in spawned worker processes on this machine."""
 
 from __future__ import annotations
 
 import multiprocessing
 import pickle
 import signal
-from abc import ABC, abstractmethod
 from concurrent.futures import ProcessPoolExecutor as _Pool
 from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
+from flcore.executors.base import Executor
 from flcore.local import LocalRunner
-from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
+from flcore.strategies.base import ClientFailure, ClientResult
 
-__all__ = ["Executor", "SequentialExecutor", "ProcessPoolExecutor"]
-
-
-class Executor(ABC):
-    """Runs a round's tasks and returns one outcome per task, in task order."""
-
-    @abstractmethod
-    def run(self, rnd: int, tasks: list[ClientTask], runner: LocalRunner) -> list[ClientResult | ClientFailure]:
-        """Local updates of round ``rnd``; ``runner`` is the main process's reusable runner.
-
-        A client that fails yields a :class:`ClientFailure` in its place; the executor never
-        raises for one client's failure.
-        """
-
-    def close(self) -> None:
-        """Release workers (none for the sequential executor)."""
-
-
-class SequentialExecutor(Executor):
-    """One client after another in this process, through the one reusable Trainer."""
-
-    def run(self, rnd, tasks, runner):
-        return [runner.fit(task, rnd) for task in tasks]
+__all__ = ["ProcessPoolExecutor"]
 
 
 _WORKER: LocalRunner | None = None

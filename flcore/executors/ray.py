@@ -1,0 +1,206 @@
+"""``RayExecutor``: local updates on Ray actors, on this machine or across a Ray cluster.
+
+Optional dependency: ``pip install 'flcore[ray]'``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import pickle
+from collections import deque
+from typing import Any
+
+import torch
+
+from flcore.executors.base import Executor
+from flcore.local import LocalRunner
+from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
+
+__all__ = ["RayExecutor", "datamodule_recipe"]
+
+_MISSING = "trainer.executor: RayExecutor needs the 'ray' package; install it with: pip install 'flcore[ray]'"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(_MISSING) from None
+    return ray
+
+
+def datamodule_recipe(datamodule) -> Any:
+    """A copy of a set-up datamodule without its data tensors, to send to workers.
+
+    Workers reload the data from the copy's own config (``root`` and the other constructor
+    arguments) and take the partition from the copy's ``client_indices`` (and LEAF's
+    ``client_test_indices``): index arrays, never copied tensors.
+    """
+    recipe = copy.copy(datamodule)
+    for name, value in vars(datamodule).items():
+        if isinstance(value, torch.Tensor):
+            setattr(recipe, name, None)
+    return recipe
+
+
+class _ClientWorker:
+    """The body of one Ray actor: its own datamodule, reusable Trainer and LightningModule."""
+
+    def __init__(self, module_bytes: bytes, recipe, trainer_kwargs, seed: int, callbacks, threads: int):
+        torch.set_num_threads(threads)
+        partition = {k: getattr(recipe, k) for k in ("client_indices", "client_test_indices") if hasattr(recipe, k)}
+        recipe.setup("fit")  # loads the data inside the actor (x_train is None in a recipe)
+        for key, value in partition.items():
+            setattr(recipe, key, value)  # the driver's partition, exactly
+        self.runner = LocalRunner(pickle.loads(module_bytes), recipe, trainer_kwargs, seed, callbacks)
+
+    def fit(self, task: ClientTask, state, rnd: int) -> ClientResult | ClientFailure:
+        ray = _ray()
+        payload = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in task.payload.items()}
+        out = self.runner.fit(dataclasses.replace(task, state=state, payload=payload), rnd)
+        if torch.cuda.is_available():  # an idle actor holds no cached accelerator memory between tasks
+            torch.cuda.empty_cache()
+        return out
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayExecutor(Executor):
+    """Local updates on ``num_workers`` Ray actors, each with one reusable Lightning Trainer.
+
+    * ``address=None`` starts a local Ray instance with ``num_workers * num_cpus_per_worker``
+      CPUs (and shuts it down at the end of the run); ``"auto"`` or ``"ray://host:port"`` joins
+      a running cluster (``ray start --head`` on the head node, ``ray start --address=...`` on the
+      others); every node then needs flcore installed and the data under the config's ``root``.
+    * Each actor receives the LightningModule once and loads its data itself from the
+      datamodule's config; the driver's partition travels as client index arrays.
+    * Per round, a state_dict (or payload tensor) shared by several clients is put into Ray's
+      object store once (FedAvg's global model: once per round, not once per client).
+    * Tasks go to whichever actor is idle; results come back in task order. Every local update
+      draws its randomness from (run seed, round, client), so results equal the sequential
+      executor's bit for bit at the same torch threads per process.
+    * After each task an actor empties PyTorch's CUDA cache (Lightning has already moved the
+      module back to the CPU), so idle actors hold no accelerator memory.
+    * An actor that dies (killed, out of memory, node lost) makes its client a
+      :class:`ClientFailure` under the trainer's ``on_client_failure`` policy, and is replaced.
+
+    Args:
+        num_workers: actors (>= 1).
+        num_cpus_per_worker: Ray CPUs per actor (> 0); also its torch threads (at least 1).
+        num_gpus_per_worker: Ray GPUs per actor (>= 0; fractions share a GPU, e.g. 0.25).
+        address: ``None`` (local Ray), ``"auto"`` or ``"ray://host:port"``.
+
+    Raises:
+        ImportError: ``ray`` is not installed (one line saying how to install it).
+        ValueError: a count out of range.
+    """
+
+    def __init__(self, num_workers: int = 2, num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0,
+                 address: str | None = None):
+        _ray()
+        if num_workers < 1:
+            raise ValueError(f"trainer.executor.num_workers: must be >= 1, got {num_workers}")
+        if not num_cpus_per_worker > 0:
+            raise ValueError(f"trainer.executor.num_cpus_per_worker: must be > 0, got {num_cpus_per_worker}")
+        if num_gpus_per_worker < 0:
+            raise ValueError(f"trainer.executor.num_gpus_per_worker: must be >= 0, got {num_gpus_per_worker}")
+        self.num_workers, self.address = int(num_workers), address
+        self.num_cpus_per_worker, self.num_gpus_per_worker = float(num_cpus_per_worker), float(num_gpus_per_worker)
+        self._actors: list = []
+        self._init_ref = None
+        self._started_ray = False
+
+    # ------------------------------------------------------------------ actors
+    def _start(self, runner: LocalRunner) -> None:
+        ray = _ray()
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+            if self.address is None:
+                kwargs["num_cpus"] = max(1, int(round(self.num_workers * self.num_cpus_per_worker)))
+            ray.init(address=self.address, **kwargs)
+            self._started_ray = True
+        self._init_args = (ray.put(pickle.dumps(runner.module)), ray.put(datamodule_recipe(runner.datamodule)),
+                           runner.trainer_kwargs, runner.seed, runner.callbacks,
+                           max(1, int(self.num_cpus_per_worker)))
+        self._actors = [self._new_actor() for _ in range(self.num_workers)]
+
+    def _new_actor(self):
+        ray = _ray()
+        cls = ray.remote(_ClientWorker).options(num_cpus=self.num_cpus_per_worker, num_gpus=self.num_gpus_per_worker,
+                                                max_restarts=0)
+        return cls.remote(*self._init_args)
+
+    # ------------------------------------------------------------------ rounds
+    def run(self, rnd, tasks, runner):
+        ray = _ray()
+        if not self._actors:
+            self._start(runner)
+        refs: dict[int, Any] = {}  # id(object) -> ObjectRef, one put per shared object per round
+
+        def shared(obj):
+            if id(obj) not in refs:
+                refs[id(obj)] = ray.put(obj)
+            return refs[id(obj)]
+
+        counts: dict[int, int] = {}
+        for t in tasks:
+            for v in t.payload.values():
+                counts[id(v)] = counts.get(id(v), 0) + 1
+        calls = []
+        for t in tasks:
+            payload = {k: shared(v) if k != "client_state" and counts[id(v)] > 1 and _is_big(v) else v
+                       for k, v in t.payload.items()}
+            calls.append((dataclasses.replace(t, state={}, payload=payload), shared(t.state)))
+
+        out: list[ClientResult | ClientFailure | None] = [None] * len(tasks)
+        queue, idle, pending = deque(range(len(tasks))), list(self._actors), {}
+        while queue or pending:
+            while queue and idle:
+                i, actor = queue.popleft(), idle.pop()
+                pending[actor.fit.remote(calls[i][0], calls[i][1], rnd)] = (i, actor)
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            i, actor = pending.pop(ref)
+            try:
+                out[i] = ray.get(ref)
+                idle.append(actor)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError) as err:
+                out[i] = ClientFailure(tasks[i].cid, tasks[i].slot, f"Ray worker died ({type(err).__name__})")
+                self._replace(actor)
+                idle.append(self._actors[-1])
+        return out
+
+    def _replace(self, actor) -> None:
+        ray = _ray()
+        self._actors.remove(actor)
+        try:
+            ray.kill(actor)
+        except Exception:  # already gone
+            pass
+        self._actors.append(self._new_actor())
+
+    def close(self) -> None:
+        """Kill the actors; shut down the Ray instance if this executor started it."""
+        if not self._actors and not self._started_ray:
+            return
+        ray = _ray()
+        for actor in self._actors:
+            try:
+                ray.kill(actor)
+            except Exception:
+                pass
+        self._actors = []
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+        self._started_ray = False
+
+
+def _is_big(value) -> bool:
+    """Worth one object-store put: tensors and containers of tensors."""
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, dict):
+        return any(isinstance(v, torch.Tensor) for v in value.values())
+    return False

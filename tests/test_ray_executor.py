@@ -1,0 +1,98 @@
+"""RayExecutor on a local 2-worker Ray instance (``pytest -m ray``; CI installs ray)."""
+
+import builtins
+import os
+
+import pytest
+import torch
+
+from tests.conftest import QUICKSTART
+from tests.test_executor import KillerDigits, _run
+
+ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
+
+from flcore import FederatedTrainer  # noqa: E402
+from flcore.executors import RayExecutor, SequentialExecutor  # noqa: E402
+from flcore.strategies import FedAvg, FedCross  # noqa: E402
+from lightning_modules import ClientModule  # noqa: E402
+from lightning_modules.models import CNN  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (starting Ray costs seconds); executors join it."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("strategy", [FedAvg, lambda: FedCross(alpha=0.9)], ids=["fedavg", "fedcross"])
+def test_ray_equals_sequential(local_ray, tmp_path, strategy):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the actors run 1 torch thread each (num_cpus_per_worker=1)
+    try:
+        seq_models, seq_hist = _run(SequentialExecutor(), strategy(), tmp_path, "seq")
+        ray_models, ray_hist = _run(RayExecutor(num_workers=2, num_cpus_per_worker=1, address="auto"), strategy(),
+                                    tmp_path, "ray")
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seq_models) == len(ray_models)
+    for a, b in zip(seq_models, ray_models):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    keys = ("global/test_acc", "global/test_loss", "clients/train_loss")
+    assert [[h.get(k) for k in keys] for h in seq_hist] == [[h.get(k) for k in keys] for h in ray_hist]
+
+
+def test_killed_ray_actor_is_a_failed_client(local_ray, tmp_path):
+    dm = KillerDigits(num_clients=8, batch_size=32)
+    dm.parent_pid = os.getpid()
+    trainer = FederatedTrainer(strategy=FedAvg(), rounds=2, clients_per_round=8, local={"max_epochs": 1},
+                               log_dir=str(tmp_path), name="dead", executor=RayExecutor(2, address="auto"))
+    with pytest.warns(UserWarning, match="Ray worker died"):
+        summary = trainer.fit(ClientModule(CNN(1, 10, 8)), dm)
+    assert len(trainer.history) == 2  # the actor is replaced and both rounds complete
+    assert [h["round/failed_clients"] for h in trainer.history] == [1.0, 1.0]
+    assert summary["final_test_acc"] > 0
+
+
+def test_ray_executor_bad_arguments():
+    with pytest.raises(ValueError, match="num_workers"):
+        RayExecutor(num_workers=0)
+    with pytest.raises(ValueError, match="num_gpus_per_worker"):
+        RayExecutor(num_gpus_per_worker=-1)
+
+
+def test_missing_ray_is_one_clear_line(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(ImportError, match=r"pip install 'flcore\[ray\]'") as err:
+        RayExecutor()
+    assert "\n" not in str(err.value)
+
+
+
+
+def test_ray_executor_from_yaml_cli(local_ray, run_cli):
+    code, out, err = run_cli("fit", "--config", QUICKSTART, "--trainer.rounds", "1",
+                             "--data.num_clients", "6", "--trainer.clients_per_round", "2",
+                             "--trainer.executor", "flcore.executors.RayExecutor",
+                             "--trainer.executor.num_workers", "2", "--trainer.executor.address", "auto")
+    assert code == 0, err
+    assert "finished 1 rounds" in out
+
+
+def test_missing_ray_cli_error(monkeypatch, run_cli):
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "ray" or name.startswith("ray.") else real_import(name, *a, **k))
+    code, out, err = run_cli("fit", "--config", QUICKSTART, "--trainer.executor", "flcore.executors.RayExecutor")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == ("flcore: error: trainer.executor: RayExecutor needs the 'ray' package; "
+                                            "install it with: pip install 'flcore[ray]'")
