@@ -31,6 +31,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import os
 import resource
@@ -92,8 +94,8 @@ MODELS = {
 }
 
 
-def _sgd(params):
-    return torch.optim.SGD(params, lr=0.01, momentum=0.5)
+#: picklable by reference (workers of the process pool and Ray must rebuild it)
+_sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.5)
 
 
 def hand_loop(net: nn.Module, dm: FederatedDataModule, clients: list[int], state, epochs: int, channels_last: bool):
@@ -251,12 +253,12 @@ def section_rounds(args) -> list[dict]:
         f"sequential ({cores} threads)": lambda: SequentialExecutor(),
         f"process pool ({cores} workers x 1 thread)": lambda: ProcessPoolExecutor(cores, 1),
     }
-    try:
-        from flcore.executors import RayExecutor  # optional (issue #9)
+    if importlib.util.find_spec("ray") is not None:  # optional: pip install 'flcore[ray]'
+        from flcore.executors import RayExecutor
 
-        executors[f"Ray ({cores} workers x 1 CPU)"] = lambda: RayExecutor(num_workers=cores, num_cpus_per_worker=1)
-    except ImportError:
-        pass
+        executors[f"Ray ({cores} actors x 1 CPU)"] = lambda: RayExecutor(num_workers=cores, num_cpus_per_worker=1)
+    else:
+        print("ray not installed: Ray executor skipped")
     rows = []
     for name, make in executors.items():
         torch.set_num_threads(cores if name.startswith("sequential") else 1)

@@ -122,7 +122,7 @@ class RayExecutor(Executor):
                 kwargs["num_cpus"] = max(1, int(round(self.num_workers * self.num_cpus_per_worker)))
             ray.init(address=self.address, **kwargs)
             self._started_ray = True
-        self._init_args = (ray.put(pickle.dumps(runner.module)), ray.put(datamodule_recipe(runner.datamodule)),
+        self._init_args = (ray.put(pickle.dumps(runner.modules)), ray.put(datamodule_recipe(runner.datamodule)),
                            runner.trainer_kwargs, runner.seed, runner.callbacks,
                            max(1, int(self.num_cpus_per_worker)))
         self._actors = [self._new_actor() for _ in range(self.num_workers)]
@@ -167,7 +167,9 @@ class RayExecutor(Executor):
                 out[i] = ray.get(ref)
                 idle.append(actor)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError) as err:
-                out[i] = ClientFailure(tasks[i].cid, tasks[i].slot, f"Ray worker died ({type(err).__name__})")
+                lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+                why = lines[-1][:200] if lines else type(err).__name__
+                out[i] = ClientFailure(tasks[i].cid, tasks[i].slot, f"Ray worker died ({type(err).__name__}: {why})")
                 self._replace(actor)
                 idle.append(self._actors[-1])
         return out
