@@ -3,9 +3,10 @@
 from datamodules.base import DatasetNotFoundError, FederatedDataModule, IndexedTensors
 from datamodules.leaf import FEMNIST, LeafDataModule, Natural, Sent140, Shakespeare
 from datamodules.partition import IID, Dirichlet, Partitioner, Shards, label_distribution
-from datamodules.vision import CIFAR10, CIFAR100, MNIST, Digits, FashionMNIST
+from datamodules.vision import CIFAR10, CIFAR100, MNIST, SVHN, Digits, FashionMNIST
 
 __all__ = [
+    "SVHN",
     "FederatedDataModule", "IndexedTensors", "DatasetNotFoundError",
     "Partitioner", "IID", "Dirichlet", "Shards", "label_distribution",
     "Digits", "MNIST", "FashionMNIST", "CIFAR10", "CIFAR100",

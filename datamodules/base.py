@@ -149,13 +149,17 @@ class FederatedDataModule(L.LightningDataModule):
         return IndexedTensors(self.x_train, self.y_train, self.client_indices[cid])
 
     def client_dataloader(self, cid: int, generator: torch.Generator | None = None) -> DataLoader:
-        """Shuffled mini-batches of client ``cid``; ``generator`` fixes the order."""
+        """Shuffled mini-batches of client ``cid``; ``generator`` fixes the order. A trailing
+        batch of a single sample is dropped (BatchNorm cannot train on one sample; with shuffling
+        it is a different sample each epoch)."""
+        dataset = self.client_dataset(cid)
         return DataLoader(
-            self.client_dataset(cid),
+            dataset,
             batch_size=self.batch_size,
             shuffle=True,
             generator=generator,
             collate_fn=collate_batch,
+            drop_last=len(dataset) > self.batch_size and len(dataset) % self.batch_size == 1,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -145,3 +145,39 @@ class CIFAR100(_TorchvisionImages):
     tv_name = "CIFAR100"
     mean, std = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
     where = "cifar-100-python/{train,test,meta}"
+
+
+class SVHN(FederatedDataModule):
+    """SVHN cropped digits: 73,257 / 26,032 colour 32x32 images, 10 classes (digit ``0`` has
+    label 0; the files' label 10 is mapped to 0, as torchvision does).
+
+    Reads torchvision's layout, ``root/train_32x32.mat`` and ``root/test_32x32.mat`` (MATLAB files:
+    ``X`` of shape ``(32, 32, 3, N)`` uint8, ``y`` of shape ``(N, 1)``), with SciPy; with
+    ``download=True`` missing files are fetched by ``torchvision.datasets.SVHN``.
+    """
+
+    num_classes = 10
+    input_shape = (3, 32, 32)
+    mean, std = (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)
+
+    def _split(self, split: str) -> tuple[Tensor, Tensor]:
+        from scipy.io import loadmat
+
+        path = Path(self.root) / f"{split}_32x32.mat"
+        if not path.is_file() and self.download:
+            import torchvision.datasets as tvd
+
+            tvd.SVHN(root=self.root, split=split, download=True)
+        if not path.is_file():
+            raise DatasetNotFoundError(
+                f"data.root: SVHN file {split}_32x32.mat not found under {os.path.abspath(self.root)}; set "
+                f"data.download: true on a machine with internet, or copy the files there"
+            )
+        mat = loadmat(str(path))
+        x = torch.from_numpy(np.ascontiguousarray(np.transpose(mat["X"], (3, 2, 0, 1)))).float().div_(255.0)
+        y = torch.from_numpy(mat["y"].astype(np.int64).reshape(-1))
+        y[y == 10] = 0
+        return _normalise(x, self.mean, self.std).contiguous(), y
+
+    def load(self):
+        return (*self._split("train"), *self._split("test"))

@@ -184,3 +184,16 @@ def long_complete_works(plays: int = 2, roles: int = 3, speeches: int = 6) -> st
                 out.append(f"    {text[::-1]}")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def write_svhn(root: Path, n_train=30, n_test=10, seed=0):
+    """``train_32x32.mat`` / ``test_32x32.mat`` as SVHN ships them: X (32, 32, 3, N) uint8, y (N, 1)
+    with labels 1..10 (10 = digit 0)."""
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        y = (np.arange(n) % 10 + 1).reshape(n, 1).astype(np.uint8)
+        savemat(str(root / f"{split}_32x32.mat"), {"X": x, "y": y})

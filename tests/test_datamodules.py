@@ -95,3 +95,22 @@ def test_partition_checksum_tracks_seed():
     for d in (a, b, c):
         d.setup()
     assert a.partition_checksum() == b.partition_checksum() != c.partition_checksum()
+
+
+def test_svhn_reads_genuine_mat_files(tmp_path):
+    from datamodules import SVHN
+    from tests.fixtures import write_svhn
+
+    write_svhn(tmp_path, n_train=30, n_test=10)
+    dm = SVHN(root=str(tmp_path), num_clients=3)
+    dm.setup("fit")
+    assert dm.x_train.shape == (30, 3, 32, 32) and dm.x_test.shape == (10, 3, 32, 32)
+    assert dm.y_train.tolist()[:10] == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]  # label 10 is digit 0
+    assert sum(dm.client_sizes) == 30
+
+
+def test_svhn_missing_files_one_line(tmp_path):
+    from datamodules import SVHN, DatasetNotFoundError
+
+    with pytest.raises(DatasetNotFoundError, match=r"data.root: SVHN file train_32x32.mat not found"):
+        SVHN(root=str(tmp_path)).setup("fit")
