@@ -14,6 +14,7 @@ Usage:
     python benchmarks/accuracy.py                      # the default grid (FedAvg, FedMR, FedCross, PM-DA)
     python benchmarks/accuracy.py --betas 0.1 --seeds 0 --methods FedAvg FedProx SCAFFOLD FedNova MOON CluSamp FedGen
     python benchmarks/accuracy.py --rounds 5 --seeds 0 --betas 0.5 --methods FedAvg FedCross
+    python benchmarks/accuracy.py --table hetero     # FedAvg/FedProx layer-wise, FedIN, FedIN (+Noise), same-shape
 """
 
 from __future__ import annotations
@@ -52,9 +53,27 @@ METHODS: dict[str, tuple[str, list[str]]] = {
 #: the default grid: the papers' methods; the baselines are opt-in (--methods) for time
 DEFAULT_METHODS = ["FedAvg", "FedMR", "FedCross", "FedCross w/ PM-DA"]
 
+#: heterogeneous-model table (``--table hetero``): ResNet10/14/18/22/26 spread over the clients
+HETERO_METHODS: dict[str, tuple[str, list[str]]] = {
+    "FedAvg (layer-wise)": ("configs/hetero_fedavg_fmnist.yaml", []),
+    "FedProx (layer-wise)": ("configs/hetero_fedprox_fmnist.yaml", []),
+    "FedIN": ("configs/fedin_fmnist.yaml", []),
+    "FedIN (+Noise)": ("configs/fedin_noise_fmnist.yaml", []),
+    "FedIN (same-shape)": ("configs/fedin_same_shape_fmnist.yaml", []),
+}
+METHODS.update(HETERO_METHODS)
 
-def run_name(method: str, beta: float, seed: int) -> str:
+
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "accuracy.json"
+
+
+def _beta(text: str):
+    return "iid" if text.lower() == "iid" else float(text)
+
+
+def run_name(method: str, beta, seed: int) -> str:
     slug = method.lower().replace(" w/ ", "_").replace(" ", "_").replace("-", "")
+    slug = "".join(ch for ch in slug if ch.isalnum() or ch == "_")
     return f"{slug}_beta{beta}_seed{seed}"
 
 
@@ -67,14 +86,16 @@ def launch(method: str, beta: float, seed: int, args) -> dict:
         "--seed_everything", str(seed),
         "--data.init_args.seed", str(seed),
         "--data.init_args.root", args.data_root,
-        "--data.init_args.partition.init_args.beta", str(beta),
+        *(["--data.init_args.partition", "datamodules.IID"] if beta == "iid" else
+          ["--data.init_args.partition.init_args.beta", str(beta)]),
         "--data.init_args.num_clients", str(args.num_clients),
         "--trainer.clients_per_round", str(args.clients_per_round),
         "--trainer.rounds", str(args.rounds),
         "--trainer.eval_every", str(args.eval_every),
         "--trainer.checkpoint_every", "0",
         "--trainer.local.max_epochs", str(args.local_epochs),
-        "--model.init_args.optimizer.init_args.momentum", str(args.momentum),
+        *(["--model.init_args.net.init_args.width", str(args.width), "--data.init_args.batch_size", str(args.batch_size)]
+          if method in HETERO_METHODS else ["--model.init_args.optimizer.init_args.momentum", str(args.momentum)]),
         "--trainer.log_dir", str(args.runs_dir),
         "--trainer.name", name,
     ]
@@ -100,7 +121,8 @@ def _ms(values: list[float]) -> str:
 
 
 def table(results: list[dict], betas: list[float], methods: list[str]) -> str:
-    head = "| method | " + " | ".join(f"Dir({b}) final | Dir({b}) best" for b in betas) + " |"
+    cols = ["IID" if b == "iid" else f"Dir({b})" for b in betas]
+    head = "| method | " + " | ".join(f"{c} final | {c} best" for c in cols) + " |"
     lines = [head, "|" + "---|" * (1 + 2 * len(betas))]
     for m in methods:
         cells = []
@@ -113,8 +135,12 @@ def table(results: list[dict], betas: list[float], methods: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
-    p.add_argument("--betas", nargs="+", type=float, default=[0.1, 0.5])
+    p.add_argument("--table", choices=["homo", "hetero"], default="homo",
+                   help="hetero: the heterogeneous-model table (FedIN paper's Table 1 setting, scaled down)")
+    p.add_argument("--methods", nargs="+", default=None, choices=list(METHODS))
+    p.add_argument("--betas", nargs="+", type=_beta, default=None, help="Dirichlet betas; 'iid' for IID")
+    p.add_argument("--width", type=int, default=8, help="hetero: ResNet family width (paper: 64)")
+    p.add_argument("--batch-size", type=int, default=16, help="hetero: local batch size (paper: 16)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--eval-every", type=int, default=5)
@@ -125,14 +151,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--data-root", default=str(ROOT / "data"))
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.json")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = p.parse_args(argv)
+    hetero = args.table == "hetero"
+    args.methods = args.methods or (list(HETERO_METHODS) if hetero else DEFAULT_METHODS)
+    args.betas = args.betas or (["iid", 0.5] if hetero else [0.1, 0.5])
+    if args.out == DEFAULT_OUT and hetero:
+        args.out = DEFAULT_OUT.with_name("accuracy_hetero.json")
     args.runs_dir = args.out.parent / "runs"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     grid = [(m, b, s) for b in args.betas for s in args.seeds for m in args.methods]
-    print(f"accuracy benchmark: {len(grid)} runs; Fashion-MNIST, CNN, {args.num_clients} clients, "
+    model = f"ResNet10-26 (width {args.width}), batch {args.batch_size}, Adam" if hetero else f"CNN, momentum {args.momentum}"
+    print(f"accuracy benchmark: {len(grid)} runs; Fashion-MNIST, {model}, {args.num_clients} clients, "
           f"{args.clients_per_round} per round, {args.local_epochs} local epoch(s), {args.rounds} rounds, "
-          f"momentum {args.momentum}, seeds {args.seeds}", flush=True)
+          f"seeds {args.seeds}", flush=True)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         results = list(pool.map(lambda g: launch(*g, args), grid))

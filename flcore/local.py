@@ -62,7 +62,9 @@ class LocalRunner:
     """Runs clients' local updates and global evaluations.
 
     Args:
-        module: the LightningModule of the local objective (reused for every client).
+        module: the LightningModule of the local objective (reused for every client), or, in
+            heterogeneous-model runs, a dict ``architecture -> LightningModule`` (one reusable
+            module per architecture; a task runs on ``modules[task.arch]``).
         datamodule: a set-up ``FederatedDataModule``.
         trainer_kwargs: ``lightning.Trainer`` keyword arguments (``max_epochs`` = local epochs),
             merged over :data:`DEFAULT_LOCAL`.
@@ -71,7 +73,8 @@ class LocalRunner:
         callbacks: Lightning callbacks for the local Trainer.
     """
 
-    def __init__(self, module: L.LightningModule, datamodule, trainer_kwargs: dict[str, Any] | None,
+    def __init__(self, module: L.LightningModule | dict[str, L.LightningModule], datamodule,
+                 trainer_kwargs: dict[str, Any] | None,
                  seed: int, callbacks: list | None = None):
         quiet_lightning()
         self.trainer_kwargs, self.callbacks = dict(trainer_kwargs or {}), list(callbacks or [])
@@ -80,7 +83,8 @@ class LocalRunner:
             kwargs["callbacks"] = list(callbacks) + list(kwargs.get("callbacks") or [])
         self.trainer = L.Trainer(**kwargs)
         quiet_lightning()
-        self.module = module
+        self.modules: dict[str | None, L.LightningModule] = dict(module) if isinstance(module, dict) else {None: module}
+        self.module = next(iter(self.modules.values()))
         self.datamodule = datamodule
         self.seed = int(seed)
 
@@ -101,7 +105,7 @@ class LocalRunner:
 
     def _fit(self, task: ClientTask, rnd: int) -> ClientResult:
         seed = derive_seed(self.seed, rnd, task.cid, STREAM_CLIENT)
-        module = self.module
+        module = self.modules[task.arch]
         module.net.load_state_dict(task.state)
         module.configure_client(task.payload)
         torch.manual_seed(seed)
@@ -116,9 +120,11 @@ class LocalRunner:
             metrics=metrics, payload=module.client_upload(),
         )
 
-    def evaluate(self, state, stage: str = "test") -> dict[str, float]:
-        """Test accuracy and loss of ``state`` on the global test set (TorchMetrics, sample-weighted)."""
-        self.module.net.load_state_dict(state)
+    def evaluate(self, state, stage: str = "test", arch: str | None = None) -> dict[str, float]:
+        """Test accuracy and loss of ``state`` (of architecture ``arch``) on the global test set
+        (TorchMetrics, sample-weighted)."""
+        module = self.modules[arch]
+        module.net.load_state_dict(state)
         run = self.trainer.test if stage == "test" else self.trainer.validate
-        out = run(self.module, dataloaders=self.datamodule.test_dataloader(), verbose=False)
+        out = run(module, dataloaders=self.datamodule.test_dataloader(), verbose=False)
         return {k.replace("val_", "test_"): float(v) for k, v in out[0].items()}

@@ -67,6 +67,15 @@ class FederatedTrainer:
             (``round/failed_clients``); ``raise``: the run stops. Either way, if every client of a
             round fails the run stops with :class:`~flcore.errors.ClientFailureError` after
             checkpointing the last good state.
+        architectures: heterogeneous-model runs (FedIN paper, Sec. 3): names of members of the
+            model's family (``model.net`` must provide them, e.g. ``HeteroResNet``: ``resnet10`` ...
+            ``resnet26``), spread evenly over the clients (client ``c`` gets
+            ``architectures[c % len(architectures)]``). Needs a heterogeneous strategy. Each
+            architecture gets its own reusable LightningModule; evaluation reports every
+            architecture's aggregated model (``global/test_acc/<arch>``) and their mean
+            (``global/test_acc``).
+        client_architectures: an explicit architecture name per client (length
+            ``data.num_clients``), instead of the even spread.
 
     SIGINT / SIGTERM during ``fit`` checkpoint the last completed round and raise
     :class:`~flcore.errors.RunInterrupted`; resume with ``ckpt_path="last"``.
@@ -92,6 +101,8 @@ class FederatedTrainer:
         callbacks: list[L.Callback] | None = None,
         max_time_s: float | None = None,
         on_client_failure: str = "drop",
+        architectures: list[str] | None = None,
+        client_architectures: list[str] | None = None,
     ):
         self.strategy = strategy if strategy is not None else FedAvg()
         self.rounds = rounds
@@ -107,6 +118,10 @@ class FederatedTrainer:
         self.callbacks = list(callbacks or [])
         self.max_time_s = max_time_s
         self.on_client_failure = on_client_failure
+        self.architectures = list(architectures) if architectures is not None else None
+        self.client_architectures = list(client_architectures) if client_architectures is not None else None
+        self._modules: dict[str, L.LightningModule] | None = None  # per architecture (heterogeneous runs)
+        self._client_arch: list[str] = []
         self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
         self.history: list[dict[str, float]] = []
         self.run_dir: Path | None = None
@@ -145,6 +160,64 @@ class FederatedTrainer:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         self._check_net(model, datamodule)
+        self._modules = None
+        if self.architectures is not None or self.client_architectures is not None:
+            self._modules, self._client_arch = self._check_architectures(model, datamodule)
+        elif getattr(self.strategy, "heterogeneous", False):
+            raise ConfigError(f"trainer.architectures: {type(self.strategy).__name__} is a heterogeneous-model strategy; "
+                              f"list the clients' architectures, e.g. [resnet10, resnet14, resnet18, resnet22, resnet26]")
+
+    def _check_architectures(self, model, datamodule) -> tuple[dict[str, L.LightningModule], list[str]]:
+        """Per-architecture modules and each client's architecture; ConfigError on bad input."""
+        names = list(self.architectures if self.architectures is not None else dict.fromkeys(self.client_architectures or []))
+        family = getattr(model.net, "ARCHITECTURES", None)
+        if family is None or not hasattr(model, "for_architecture"):
+            raise ConfigError(f"model.net: {type(model.net).__name__} is not a model family; trainer.architectures needs "
+                              f"one such as lightning_modules.models.HeteroResNet")
+        if not names:
+            raise ConfigError("trainer.architectures: must list at least one architecture")
+        for name in names:
+            if name not in family:
+                raise ConfigError(f"trainer.architectures: must be names from {list(family)}, got {name!r}")
+        n = datamodule.num_clients
+        if self.client_architectures is not None:
+            if len(self.client_architectures) != n:
+                raise ConfigError(f"trainer.client_architectures: must give one architecture per client "
+                                  f"(data.num_clients={n}), got {len(self.client_architectures)}")
+            for name in self.client_architectures:
+                if name not in names:
+                    raise ConfigError(f"trainer.client_architectures: must be names from {names}, got {name!r}")
+            client_arch = list(self.client_architectures)
+        else:
+            client_arch = [names[c % len(names)] for c in range(n)]
+        if not getattr(self.strategy, "heterogeneous", False):
+            raise ConfigError(f"trainer.strategy: {type(self.strategy).__name__} aggregates one architecture; with "
+                              f"trainer.architectures use flcore.strategies.HeteroFedAvg or flcore.strategies.FedIN")
+        modules = {name: model.for_architecture(name) for name in names}
+        for module in modules.values():
+            self._check_net(module, datamodule)
+        if getattr(self.strategy, "needs_features", False):
+            self._check_feature_shapes(modules, datamodule)
+        return modules, client_arch
+
+    @staticmethod
+    def _check_feature_shapes(modules, datamodule) -> None:
+        """FedIN exchanges (s_in, s_out) between architectures: their shapes must agree."""
+        shapes = {}
+        for name, module in modules.items():
+            net = module.net
+            if not (hasattr(net, "extractor") and hasattr(net, "intermediate")):
+                raise ConfigError(f"model.net: FedIN needs extractor / intermediate / classifier sub-modules "
+                                  f"(e.g. lightning_modules.models.HeteroResNet); {type(net).__name__} has none")
+            was = net.training
+            net.eval()
+            with torch.no_grad():
+                s_in = net.extractor(datamodule.x_test[:2])
+                shapes[name] = (tuple(s_in.shape[1:]), tuple(net.intermediate(s_in).shape[1:]))
+            net.train(was)
+        if len(set(shapes.values())) > 1:
+            detail = ", ".join(f"{a} s_in {i} s_out {o}" for a, (i, o) in shapes.items())
+            raise ConfigError(f"model.net: FedIN exchanges features, but their shapes differ between architectures: {detail}")
 
     @staticmethod
     def _check_net(model, datamodule) -> None:
@@ -193,7 +266,10 @@ class FederatedTrainer:
             self._check_resume(ckpt, datamodule)
             start, state, version = ckpt["round"], ckpt["strategy_state"], ckpt.get("version")
             self.history = list(ckpt.get("history", []))
-        runner = LocalRunner(model, datamodule, self.local, seed, self.callbacks)
+        hetero = self._modules is not None
+        runner = LocalRunner(self._modules if hetero else model, datamodule, self.local, seed, self.callbacks)
+        if hetero:
+            self.strategy.bind(self._client_arch)
         self.sampler.setup(datamodule.client_sizes)
         if ckpt_path:
             self.sampler.load_state_dict(ckpt.get("sampler", {}))
@@ -201,10 +277,15 @@ class FederatedTrainer:
             prepare = getattr(datamodule, "prepare_net", None)  # data-dependent init, e.g. GloVe embeddings
             if prepare is not None:
                 try:
-                    prepare(model.net)
+                    for module in runner.modules.values():
+                        prepare(module.net)
                 except (ValueError, OSError) as err:
                     raise ConfigError(str(err)) from None
-            init = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
+            if hetero:  # one initial model per architecture
+                init = {a: {k: v.detach().to("cpu", copy=True) for k, v in m.net.state_dict().items()}
+                        for a, m in runner.modules.items()}
+            else:
+                init = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
             state = self.strategy.initialize(init, self.clients_per_round, num_clients=datamodule.num_clients)
             del init  # the strategy holds its own copy; one model copy less for the whole run
         logger = TensorBoardLogger(self.log_dir, name=self.name, version=version, default_hp_metric=False)
@@ -274,10 +355,23 @@ class FederatedTrainer:
             if vals:
                 metrics[f"clients/{key}"] = sum(vals) / len(vals)
         if force_eval or (rnd + 1) % self.eval_every == 0 or rnd + 1 == self.rounds:
-            ev = runner.evaluate(self.strategy.global_model(state))
-            metrics["global/test_acc"] = ev["test_acc"]
-            metrics["global/test_loss"] = ev["test_loss"]
+            metrics.update(self._evaluate(runner, state))
         return state, metrics
+
+    def _evaluate(self, runner: LocalRunner, state, stage: str = "test") -> dict[str, float]:
+        """``global/test_acc`` and ``global/test_loss``; in heterogeneous runs, those of every
+        architecture's model (``global/test_acc/<arch>``) and their unweighted mean."""
+        if self._modules is None:
+            ev = runner.evaluate(self.strategy.global_model(state), stage)
+            return {"global/test_acc": ev["test_acc"], "global/test_loss": ev["test_loss"]}
+        out: dict[str, float] = {}
+        for arch, arch_state in self.strategy.global_models(state).items():
+            ev = runner.evaluate(arch_state, stage, arch=arch)
+            out[f"global/test_acc/{arch}"], out[f"global/test_loss/{arch}"] = ev["test_acc"], ev["test_loss"]
+        for key in ("test_acc", "test_loss"):
+            vals = [v for k, v in out.items() if k.startswith(f"global/{key}/")]
+            out[f"global/{key}"] = sum(vals) / len(vals)
+        return out
 
     # ------------------------------------------------------------------ evaluate a checkpoint
     def validate(self, model: L.LightningModule, datamodule=None, ckpt_path: str | None = "last") -> dict[str, float]:
@@ -296,9 +390,15 @@ class FederatedTrainer:
             datamodule.setup(stage)
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(str(err)) from None
-        runner = LocalRunner(model, datamodule, self.local, 0, self.callbacks)
+        self._modules = None
+        if self.architectures is not None or self.client_architectures is not None:
+            self._modules, self._client_arch = self._check_architectures(model, datamodule)
+            self.strategy.bind(self._client_arch)
+        runner = LocalRunner(self._modules if self._modules is not None else model, datamodule, self.local, 0,
+                             self.callbacks)
         try:
-            result = runner.evaluate(self.strategy.global_model(ckpt["strategy_state"]), stage)
+            result = self._evaluate(runner, ckpt["strategy_state"], stage)
+            result = {k.removeprefix("global/"): v for k, v in result.items()}
         except (KeyError, RuntimeError) as err:
             raise ConfigError(
                 f"ckpt_path: checkpoint does not match this config's strategy / model ({str(err).splitlines()[0][:100]})"
@@ -336,7 +436,8 @@ class FederatedTrainer:
                              if k not in ("root", "download", "eval_batch_size")}
         return {"seed_everything": cfg.get("seed_everything"), "model": cfg.get("model"), "data": data,
                 "trainer.strategy": trainer.get("strategy"), "trainer.clients_per_round": trainer.get("clients_per_round"),
-                "trainer.local": trainer.get("local")}
+                "trainer.local": trainer.get("local"), "trainer.architectures": trainer.get("architectures"),
+                "trainer.client_architectures": trainer.get("client_architectures")}
 
     def _check_resume(self, ckpt, datamodule) -> None:
         if ckpt.get("partition_checksum") not in (None, datamodule.partition_checksum()):

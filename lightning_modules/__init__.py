@@ -2,9 +2,10 @@
 
 from lightning_modules.client import ClientModule, default_optimizer
 from lightning_modules.fedgen import FedGenModule
+from lightning_modules.fedin import FedINModule
 from lightning_modules.fednova import FedNovaModule
 from lightning_modules.fedprox import FedProxModule
 from lightning_modules.moon import MoonModule
 from lightning_modules.scaffold import ScaffoldModule
 
-__all__ = ["ClientModule", "default_optimizer", "FedProxModule", "ScaffoldModule", "FedNovaModule", "MoonModule", "FedGenModule"]
+__all__ = ["FedINModule", "ClientModule", "default_optimizer", "FedProxModule", "ScaffoldModule", "FedNovaModule", "MoonModule", "FedGenModule"]

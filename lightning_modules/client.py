@@ -9,6 +9,7 @@ The federated trainer reuses one instance for every client: it loads the dispatc
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,6 +55,23 @@ class ClientModule(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
 
     # ----- hooks the federated side uses -------------------------------------------------
+    def for_architecture(self, arch: str) -> ClientModule:
+        """A copy of this objective whose net is family member ``arch`` (heterogeneous-model
+        runs: one reusable module per architecture). ``net`` must have ``with_architecture``
+        (e.g. :class:`lightning_modules.models.HeteroResNet`).
+
+        Raises:
+            ValueError: the net is not a model family, or ``arch`` is not a member.
+        """
+        if not hasattr(self.net, "with_architecture"):
+            raise ValueError(f"model.net: {type(self.net).__name__} has no architectures; heterogeneous runs need a "
+                             f"model family such as lightning_modules.models.HeteroResNet")
+        clone = copy.deepcopy(self)
+        clone.net = self.net.with_architecture(arch)
+        if self.channels_last:
+            clone.net.to(memory_format=torch.channels_last)
+        return clone
+
     def check_local_config(self, local: dict[str, Any]) -> None:
         """Refuse per-client Trainer settings this objective cannot honour (raise ``ValueError``
         naming the field). Called before any training. The base accepts everything."""

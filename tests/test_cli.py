@@ -4,7 +4,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import QUICKSTART
+from tests.conftest import QUICKSTART, ROOT
 
 FAST = ["--config", QUICKSTART, "--trainer.rounds", "2", "--trainer.eval_every", "1",
         "--trainer.local.max_epochs", "1"]
@@ -123,3 +123,10 @@ def test_quickstart_is_fedcross():
 
     cfg = yaml.safe_load(open(QUICKSTART))
     assert cfg["trainer"]["strategy"]["class_path"] == "flcore.strategies.FedCross"
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (Path(ROOT) / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses(run_cli, config):
+    code, out, err = run_cli("fit", "--config", str(Path(ROOT) / "configs" / config), "--print_config")
+    assert code == 0, err
+    assert "trainer:" in out and "model:" in out and "data:" in out

@@ -221,7 +221,8 @@ def test_fedcross_failed_slot_keeps_its_model(tmp_path, monkeypatch):
         _fit(FedCross(), {1: "raise"}, tmp_path, rounds=1)
     slots, before, after = seen[0]
     (failed,) = set(range(4)) - slots
-    assert after[failed] is before[failed]  # the failed slot keeps its previous model
+    # the failed slot keeps its previous model (a copy: aggregation may overwrite what it owns)
+    assert all(torch.equal(after[failed][k], before[failed][k]) for k in before[failed])
     for s in slots:
         assert not torch.equal(after[s]["fc2.weight"], before[s]["fc2.weight"])
 

@@ -72,7 +72,7 @@ class ProcessPoolExecutor(Executor):
         if self._pool is None:
             self._pool = _Pool(self.num_workers, mp_context=multiprocessing.get_context(self.start_method),
                                initializer=_init_worker,
-                               initargs=(pickle.dumps(runner.module), runner.datamodule, runner.trainer_kwargs, runner.seed,
+                               initargs=(pickle.dumps(runner.modules), runner.datamodule, runner.trainer_kwargs, runner.seed,
                                          runner.callbacks, self.threads_per_worker))
         futures = [self._pool.submit(_fit_in_worker, pickle.dumps(t), rnd) for t in tasks]
         out: list[ClientResult | ClientFailure] = []

@@ -4,12 +4,14 @@ from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, Stra
 from flcore.strategies.fedavg import FedAvg
 from flcore.strategies.fedcross import FedCross
 from flcore.strategies.fedgen import FedGen
+from flcore.strategies.fedin import FedIN
 from flcore.strategies.fedmr import FedMR
 from flcore.strategies.fednova import FedNova
+from flcore.strategies.hetero import HeteroFedAvg
 from flcore.strategies.fedprox import FedProx
 from flcore.strategies.moon import Moon
 from flcore.strategies.scaffold import Scaffold
 from flcore.strategies.multimodel import MultiModelStrategy
 
-__all__ = ["Strategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
+__all__ = ["HeteroFedAvg", "FedIN", "Strategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
            "FedProx", "Scaffold", "FedNova", "Moon", "FedGen"]

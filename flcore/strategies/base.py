@@ -31,12 +31,14 @@ class ClientTask:
         slot: index of the server-side model this task trains (0 for single-model strategies,
             the middleware / local model index for FedCross / FedMR).
         payload: extra data for the local objective (e.g. FedProx's global weights).
+        arch: the client's architecture in heterogeneous-model runs (``None``: the one model).
     """
 
     cid: int
     state: StateDict
     slot: int = 0
     payload: dict[str, Any] = field(default_factory=dict)
+    arch: str | None = None
 
 
 @dataclass

@@ -1,0 +1,105 @@
+"""Heterogeneous-model FedAvg: clients train different architectures of one model family
+(FedIN paper, Sec. 3 and 4.4, Appendix B)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flcore.functional import StateDict, layerwise_average, weighted_average
+from flcore.strategies.base import ClientResult, ClientTask, Strategy
+
+__all__ = ["HeteroFedAvg", "AGGREGATIONS"]
+
+AGGREGATIONS = ("layerwise", "same_shape")
+
+
+class HeteroFedAvg(Strategy):
+    """FedAvg over clients whose models differ (ResNet10 ... ResNet26), two ways.
+
+    * ``aggregation="layerwise"`` (layer-wise heterogeneous aggregation, FedIN Eq. 19, Appendix
+      B.1; InclusiveFL, InCo): the server keeps one model holding the union of all
+      architectures' state_dict keys; each key is averaged over the round's clients whose model
+      has it, and every client then receives the keys its architecture owns. Keys no client of
+      the round has keep their value. Eq. 19 is an unweighted mean over clients
+      (``weighted=False``, the default here); ``weighted=True`` weights by sample count.
+    * ``aggregation="same_shape"`` (FedAvg aggregation, FedIN Eq. 20/21, Appendix B.2): one model
+      per architecture, averaged only over that architecture's clients, weighted by sample count
+      (Eq. 21, the default here; ``weighted=False`` is Eq. 20). An architecture with no client in
+      the round keeps its model.
+
+    Works with any local objective whose server side is plain averaging (FedAvg's
+    ``ClientModule``, ``FedProxModule``). The trainer calls :meth:`bind` with each client's
+    architecture (``trainer.architectures``) and passes :meth:`initialize` one initial state per
+    architecture. Evaluation uses :meth:`global_models` (one model per architecture).
+
+    State: ``{"global": union state_dict}`` (layerwise) or ``{"models": {arch: state_dict}}``
+    (same_shape).
+
+    Args:
+        aggregation: ``"layerwise"`` or ``"same_shape"``.
+        weighted: weight clients by sample count; default ``False`` for layerwise (Eq. 19),
+            ``True`` for same_shape (Eq. 21).
+
+    Raises:
+        ValueError: unknown ``aggregation``.
+    """
+
+    heterogeneous = True
+    needs_features = False
+
+    def __init__(self, aggregation: str = "layerwise", weighted: bool | None = None):
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"strategy.aggregation: must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+        self.aggregation = aggregation
+        self.weighted = (aggregation == "same_shape") if weighted is None else bool(weighted)
+        self.client_arch: list[str] = []
+
+    def bind(self, client_arch: list[str]) -> None:
+        """Each client's architecture name (index = client id)."""
+        self.client_arch = list(client_arch)
+
+    def initialize(self, model_state: dict[str, StateDict], clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
+        """``model_state``: one initial state_dict per architecture. In layerwise mode a key shared
+        by several architectures starts from the first architecture's value (in config order), so
+        every client starts from one global model."""
+        if self.aggregation == "same_shape":
+            return {"models": {a: {k: v.clone() for k, v in s.items()} for a, s in model_state.items()}}
+        union: StateDict = {}
+        for arch_state in model_state.values():
+            for k, v in arch_state.items():
+                union.setdefault(k, v.clone())
+        return {"global": union, "arch_keys": {a: list(s) for a, s in model_state.items()}}
+
+    def arch_state(self, state: dict[str, Any], arch: str) -> StateDict:
+        """The model an ``arch`` client receives (references, no copies)."""
+        if self.aggregation == "same_shape":
+            return state["models"][arch]
+        return {k: state["global"][k] for k in state["arch_keys"][arch]}
+
+    def configure_fit(self, rnd, clients, state, rng) -> list[ClientTask]:
+        per_arch = {a: self.arch_state(state, a) for a in dict.fromkeys(self.client_arch[c] for c in clients)}
+        return [ClientTask(cid=c, state=per_arch[self.client_arch[c]], slot=i, arch=self.client_arch[c])
+                for i, c in enumerate(clients)]
+
+    def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
+        if not results:
+            return state
+        weights = [r.weight if self.weighted else 1.0 for r in results]
+        if self.aggregation == "layerwise":
+            union = dict(state["global"])
+            union.update(layerwise_average([r.state for r in results], weights))  # FedIN Eq. 19
+            return {**state, "global": union}
+        models = dict(state["models"])
+        for arch in dict.fromkeys(self.client_arch[r.cid] for r in results):
+            idx = [i for i, r in enumerate(results) if self.client_arch[r.cid] == arch]
+            models[arch] = weighted_average([results[i].state for i in idx], [weights[i] for i in idx])  # Eq. 20/21
+        return {**state, "models": models}
+
+    def global_models(self, state: dict[str, Any]) -> dict[str, StateDict]:
+        """One model per architecture (in the order the state knows them)."""
+        archs = state["models"] if self.aggregation == "same_shape" else state["arch_keys"]
+        return {a: self.arch_state(state, a) for a in archs}
+
+    def global_model(self, state) -> StateDict:
+        """The first architecture's model (use :meth:`global_models` for all of them)."""
+        return next(iter(self.global_models(state).values()))

@@ -1,0 +1,184 @@
+"""FedIN local objective (FedIN paper, Sec. 4.1-4.3): local training with a proximal term, IN
+training of the intermediate layers on server features, and gradient correction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+
+from lightning_modules.client import default_optimizer
+from lightning_modules.fedprox import FedProxModule
+
+__all__ = ["FedINModule", "corrected_in_gradient", "CORRECTIONS", "add_feature_noise"]
+
+CORRECTIONS = ("eq12", "eq13", "none")
+
+
+def corrected_in_gradient(g_in: list[Tensor], g_local: list[Tensor], mode: str = "eq13", lam: float = 1.0) -> list[Tensor]:
+    """The corrected IN gradient Z of the intermediate layers (FedIN paper, Sec. 4.2).
+
+    ``G_IN`` and ``G_local`` are the gradients of the IN loss (Eq. 7) and of the local loss
+    (Eq. 3) with respect to the intermediate layers, taken together as one matrix (the lists
+    hold one tensor per parameter; ``<A, B> = sum_p <A_p, B_p>``).
+
+    * ``"eq12"``: the exact solution of Eq. 9, ``min ||G_IN - Z||^2 s.t. <Z, G_local> >= 0``:
+      ``Z = G_IN`` if ``b >= 0``, else ``Z = G_IN - (b / a) G_local``, with
+      ``a = <G_local, G_local>``, ``b = <G_local, G_IN>`` (Eq. 12; the projection of G_IN onto
+      the half-space, so ``<Z, G_local> = 0`` in the second case). ``a = 0`` gives ``G_IN``.
+    * ``"eq13"``: the simplified ``Z = G_IN + (lam / 2) G_local`` (Eq. 13; the paper uses
+      ``lam = 1``).
+    * ``"none"``: ``Z = G_IN`` (the "w/o Opt" ablation, Table 4b).
+
+    Returns:
+        One tensor per parameter, shapes as the inputs.
+
+    Raises:
+        ValueError: unknown ``mode``, or lists of different lengths.
+    """
+    if mode not in CORRECTIONS:
+        raise ValueError(f"model.correction: must be one of {list(CORRECTIONS)}, got {mode!r}")
+    if len(g_in) != len(g_local):
+        raise ValueError(f"gradients: {len(g_in)} IN tensors vs {len(g_local)} local tensors")
+    if mode == "none":
+        return list(g_in)
+    if mode == "eq13":
+        return [gi + (lam / 2.0) * gl for gi, gl in zip(g_in, g_local)]
+    a = sum((gl.double() * gl.double()).sum() for gl in g_local)
+    b = sum((gl.double() * gi.double()).sum() for gi, gl in zip(g_in, g_local))
+    if b >= 0 or a == 0:
+        return list(g_in)
+    ratio = float(b / a)
+    return [gi - ratio * gl for gi, gl in zip(g_in, g_local)]
+
+
+def add_feature_noise(features: Tensor, k: float, generator: torch.Generator | None = None) -> Tensor:
+    """``features + k * sigma * N(0, 1)`` with ``sigma`` the standard deviation of ``features``
+    over all its entries (FedIN paper, Sec. 4.3: ``k = 0.8`` for "FedIN (+Noise)").
+
+    Raises:
+        ValueError: ``k < 0``.
+    """
+    if k < 0:
+        raise ValueError(f"model.noise_k: must be >= 0, got {k}")
+    if k == 0:
+        return features
+    noise = torch.randn(features.shape, generator=generator, dtype=features.dtype).to(features.device)
+    return features + k * features.std() * noise
+
+
+class FedINModule(FedProxModule):
+    """FedIN client: local training plus IN training (FedIN paper, Fig. 2b/2c).
+
+    Each step, on a local batch ``(x, y)``:
+
+    1. ``G_local``: gradient of ``CE(f(x), y) + (mu / 2) ||w - w_prev||^2`` (Eq. 3; ``w_prev`` is
+       the model the client received) for every parameter.
+    2. ``G_IN``: gradient of ``MSE(intermediate(s_in^c), s_out^c)`` (Eq. 7) for the intermediate
+       layers only, on the next batch of server features (cycled; a batch has the size the
+       sending client used).
+    3. The intermediate layers step with ``G_local + Z``, ``Z`` = :func:`corrected_in_gradient`
+       (Eq. 12 or 13); the extractor and classifier step with ``G_local``. The paper defines Z as
+       the corrected IN gradient of Eq. 9 and does not spell out how it meets the local one;
+       here Z takes G_IN's place next to G_local.
+
+    After training, the client features for the upload are ``s_in = extractor(x)`` and
+    ``s_out = intermediate(s_in)`` (eval mode) on the client's last full training batch (Eq. 4-5),
+    with ``noise_k * sigma`` Gaussian noise added to each when ``noise_k > 0`` (Sec. 4.3).
+
+    Ablations (Table 4b): ``in_training=False`` (w/o IN), ``mu=0`` (w/o Prox),
+    ``correction="none"`` (w/o Opt).
+
+    Args:
+        net: a model family member with ``extractor``, ``intermediate``, ``classifier``.
+        optimizer, channels_last: as :class:`ClientModule` (the paper: Adam with PyTorch defaults).
+        mu: proximal weight (paper: ``mu / 2 = 0.05``, so ``mu = 0.1``).
+        in_training: run IN training.
+        correction: ``"eq12"``, ``"eq13"`` (paper's experiments) or ``"none"``.
+        lam: lambda of Eq. 13 (paper: 1).
+        noise_k: noise level k >= 0 (0: FedIN; 0.8: "FedIN (+Noise)").
+
+    Raises:
+        ValueError: ``mu < 0``, ``noise_k < 0``, ``lam < 0``, unknown ``correction``; a net without
+            ``extractor`` / ``intermediate`` (at :meth:`check_local_config`).
+    """
+
+    def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False,
+                 mu: float = 0.1, in_training: bool = True, correction: str = "eq13", lam: float = 1.0,
+                 noise_k: float = 0.0):
+        super().__init__(net, optimizer, channels_last, mu)
+        if correction not in CORRECTIONS:
+            raise ValueError(f"model.correction: must be one of {list(CORRECTIONS)}, got {correction!r}")
+        if noise_k < 0:
+            raise ValueError(f"model.noise_k: must be >= 0, got {noise_k}")
+        if lam < 0:
+            raise ValueError(f"model.lam: must be >= 0, got {lam}")
+        self.in_training, self.correction, self.lam, self.noise_k = bool(in_training), correction, float(lam), float(noise_k)
+        self.automatic_optimization = False
+        self._server: list[tuple[Tensor, Tensor]] = []
+        self._cursor = 0
+        self._upload_x: Tensor | None = None
+
+    def check_local_config(self, local: dict[str, Any]) -> None:
+        if not (hasattr(self.net, "extractor") and hasattr(self.net, "intermediate")):
+            raise ValueError("model.net: FedIN needs extractor / intermediate / classifier sub-modules "
+                             "(e.g. lightning_modules.models.HeteroResNet)")
+        if str(local.get("precision", "32")).startswith("16"):
+            raise ValueError("trainer.local.precision: FedIN combines two gradients by hand; use 32 or bf16-mixed, "
+                             "not fp16 with gradient scaling")
+
+    def configure_client(self, payload: dict[str, Any]) -> None:
+        super().configure_client(payload)
+        self._server, self._cursor, self._upload_x = [], 0, None
+        feats = payload.get("server_features")
+        if feats is not None and self.in_training:
+            sizes = [int(n) for n in feats["batch_sizes"]]
+            self._server = list(zip(feats["s_in"].split(sizes), feats["s_out"].split(sizes)))
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self._server = [(i.to(self.device), o.to(self.device)) for i, o in self._server]
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        opt = self.optimizers()
+        opt.zero_grad()
+        logits = self(x)
+        loss = self.training_loss(logits, y, x)  # Eq. 3
+        self.manual_backward(loss)
+        if self._server:
+            params = [p for p in self.net.intermediate.parameters() if p.requires_grad]
+            s_in, s_out = self._server[self._cursor % len(self._server)]
+            self._cursor += 1
+            in_loss = F.mse_loss(self.net.intermediate(s_in), s_out)  # Eq. 7
+            g_in = torch.autograd.grad(in_loss, params, allow_unused=True)
+            g_in = [torch.zeros_like(p) if g is None else g for g, p in zip(g_in, params)]
+            g_local = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+            z = corrected_in_gradient(g_in, g_local, self.correction, self.lam)
+            for p, gl, zz in zip(params, g_local, z):
+                p.grad = gl + zz
+        opt.step()
+        self._record(loss.detach(), logits, y)
+        if self._upload_x is None or len(x) >= len(self._upload_x):
+            self._upload_x = x.detach()
+        return loss
+
+    def client_upload(self) -> dict[str, Any]:
+        """One batch of client features ``{"features": {"s_in", "s_out"}}`` (Eq. 4-5, CPU)."""
+        if self._upload_x is None:
+            return {}
+        was = self.net.training
+        self.net.eval()
+        with torch.no_grad():
+            x = self._upload_x
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            s_in = self.net.extractor(x)
+            s_out = self.net.intermediate(s_in)
+        self.net.train(was)
+        s_in, s_out = add_feature_noise(s_in.float(), self.noise_k), add_feature_noise(s_out.float(), self.noise_k)
+        self._upload_x = None
+        return {"features": {"s_in": s_in.detach().cpu().contiguous(), "s_out": s_out.detach().cpu()}}
