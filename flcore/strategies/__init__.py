@@ -8,10 +8,11 @@ from flcore.strategies.fedin import FedIN
 from flcore.strategies.fedmr import FedMR
 from flcore.strategies.fednova import FedNova
 from flcore.strategies.hetero import HeteroFedAvg
+from flcore.strategies.inclusivefl import InclusiveFL
 from flcore.strategies.fedprox import FedProx
 from flcore.strategies.moon import Moon
 from flcore.strategies.scaffold import Scaffold
 from flcore.strategies.multimodel import MultiModelStrategy
 
-__all__ = ["HeteroFedAvg", "FedIN", "Strategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
+__all__ = ["HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
            "FedProx", "Scaffold", "FedNova", "Moon", "FedGen"]

@@ -1,0 +1,139 @@
+"""InclusiveFL (Liu et al., KDD 2022, "No One Left Behind: Inclusive Federated Learning over
+Heterogeneous Devices"): layer-wise aggregation across model depths with momentum distillation
+of the deeper models' updates into the top layers of the shallower ones."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from flcore.functional import StateDict, weighted_average
+from flcore.strategies.base import ClientResult
+from flcore.strategies.hetero import HeteroFedAvg
+
+__all__ = ["InclusiveFL", "block_of"]
+
+_BLOCK = re.compile(r"^(?P<stage>.*layer\d+)\.(?P<block>\d+)\.(?P<rest>.+)$")
+
+
+def block_of(key: str) -> tuple[str, int, str] | None:
+    """``"intermediate.layer3.1.conv1.weight"`` -> ``("intermediate.layer3", 1, "conv1.weight")``;
+    ``None`` for keys outside a stage's blocks."""
+    m = _BLOCK.match(key)
+    return (m["stage"], int(m["block"]), m["rest"]) if m else None
+
+
+class InclusiveFL(HeteroFedAvg):
+    """InclusiveFL over a depth-heterogeneous model family (ResNet10 ... ResNet26).
+
+    Each round, for every architecture ``a`` that had clients:
+
+    1. Its update ``D_a`` = sample-weighted mean over its clients of (trained - received).
+    2. Momentum distillation (InclusiveFL Sec. 4.3): architectures are ordered by depth; for a
+       shallower ``a`` and the next deeper ``b``, in every stage the top block ``t`` of ``a``
+       takes ``D_a[t] <- (1 - beta) D_a[t] + beta * mean_{j = t .. n_b - 1} D_b[j]``: the mean
+       update of the deeper model's blocks from the same position to its own top (the blocks
+       ``a`` lacks), entry by entry where the shapes agree (a stage's first block has a
+       different input width and a projection shortcut). ``beta = 0.2`` as in the authors' run
+       script. Architectures without clients in the round neither give nor take.
+    3. ``w_a <- w_a + D_a``, then layer-wise aggregation across architectures: every entry is
+       averaged over the round's architectures that have it, weighted by their clients' sample
+       counts, and written into every architecture that has it. With ``local_top`` (the
+       authors' ``--local_one``), the top blocks of the shallower architectures (the blocks
+       that distillation writes into) stay local to each architecture and are not shared.
+
+    Integer buffers (``num_batches_tracked``) are averaged over the clients, not distilled.
+    State: ``{"models": {arch: state_dict}}`` (one model per architecture).
+
+    Args:
+        beta: distillation weight in ``[0, 1]``.
+        local_top: keep each shallower architecture's top blocks local.
+
+    Raises:
+        ValueError: ``beta`` outside ``[0, 1]``.
+    """
+
+    def __init__(self, beta: float = 0.2, local_top: bool = True):
+        super().__init__("same_shape", weighted=True)  # per-architecture models; aggregation below
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"strategy.beta: must be in [0, 1], got {beta}")
+        self.beta, self.local_top = float(beta), bool(local_top)
+
+    def initialize(self, model_state: dict[str, StateDict], clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
+        """One model per architecture; an entry shared by several starts from one value (the
+        first architecture's, in config order), as one global model would."""
+        union: StateDict = {}
+        for arch_state in model_state.values():
+            for k, v in arch_state.items():
+                union.setdefault(k, v)
+        return {"models": {a: {k: union[k].clone() for k in s} for a, s in model_state.items()}}
+
+    @staticmethod
+    def _depths(model: StateDict) -> dict[str, int]:
+        """Blocks per stage of a model: ``{"intermediate.layer1": 2, ...}``."""
+        depth: dict[str, int] = {}
+        for key in model:
+            parsed = block_of(key)
+            if parsed:
+                depth[parsed[0]] = max(depth.get(parsed[0], 0), parsed[1] + 1)
+        return depth
+
+    def _local_keys(self, models: dict[str, StateDict]) -> dict[str, set[str]]:
+        """Per architecture, the entries of its top blocks that the deepest model goes beyond."""
+        deepest: dict[str, int] = {}
+        for m in models.values():
+            for stage, n in self._depths(m).items():
+                deepest[stage] = max(deepest.get(stage, 0), n)
+        out: dict[str, set[str]] = {}
+        for arch, m in models.items():
+            depth = self._depths(m)
+            out[arch] = {k for k in m if (p := block_of(k)) and p[1] == depth[p[0]] - 1 < deepest[p[0]] - 1} \
+                if self.local_top else set()
+        return out
+
+    def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
+        if not results:
+            return state
+        models: dict[str, StateDict] = state["models"]
+        by_arch: dict[str, list[ClientResult]] = {}
+        for r in results:
+            by_arch.setdefault(self.client_arch[r.cid], []).append(r)
+        updates: dict[str, StateDict] = {}
+        trained: dict[str, StateDict] = {}
+        for arch, rs in by_arch.items():
+            avg = weighted_average([r.state for r in rs], [r.weight for r in rs])
+            trained[arch] = avg
+            updates[arch] = {k: avg[k] - models[arch][k] for k in avg if avg[k].is_floating_point()}
+        order = sorted(models, key=lambda a: (len(models[a]), list(models).index(a)))
+        for shallow, deep in zip(order, order[1:]):
+            if shallow in updates and deep in updates:
+                self._distill(updates[shallow], updates[deep], models[shallow], models[deep])
+        for arch in updates:  # w_a + D_a (floating entries); integer buffers: the clients' mean
+            trained[arch] = {k: (models[arch][k] + updates[arch][k]) if k in updates[arch] else v
+                             for k, v in trained[arch].items()}
+        local = self._local_keys(models)
+        sizes = {a: float(sum(r.weight for r in rs)) for a, rs in by_arch.items()}
+        shared: StateDict = {}
+        for key in dict.fromkeys(k for a in trained for k in trained[a]):
+            owners = [a for a in trained if key in trained[a] and key not in local[a]]
+            if owners:
+                shared[key] = weighted_average([{key: trained[a][key]} for a in owners], [sizes[a] for a in owners])[key]
+        new_models = {}
+        for arch, m in models.items():
+            own = trained.get(arch, m)
+            new_models[arch] = {k: shared[k] if (k in shared and k not in local[arch]) else own[k] for k in m}
+        return {**state, "models": new_models}
+
+    def _distill(self, d_small: StateDict, d_deep: StateDict, small: StateDict, deep: StateDict) -> None:
+        depth_small, depth_deep = self._depths(small), self._depths(deep)
+        for key in list(d_small):
+            parsed = block_of(key)
+            if not parsed or parsed[1] != depth_small[parsed[0]] - 1:
+                continue
+            stage, top, rest = parsed
+            sources = [d_deep[k] for j in range(top, depth_deep.get(stage, 0))
+                       if (k := f"{stage}.{j}.{rest}") in d_deep and d_deep[k].shape == d_small[key].shape]
+            if sources:
+                d_small[key] = (1.0 - self.beta) * d_small[key] + self.beta * torch.stack(sources).mean(0)
