@@ -64,3 +64,82 @@ def test_inclusivefl_runs_on_mixed_architectures(tmp_path):
                           Digits(num_clients=6, batch_size=16))
     assert {"global/test_acc/resnet10", "global/test_acc/resnet26"} <= set(trainer.history[-1])
     assert 0 < summary["final_test_acc"] <= 1
+
+
+# ----------------------------------------------------------------------------- HeteroFL / FedRolex
+from flcore.strategies import FedRolex, HeteroFL  # noqa: E402
+from flcore.strategies.heterofl import aggregate_slices, extract_submodel, slice_indices  # noqa: E402
+
+
+def test_slice_indices_leading_and_rolling():
+    assert slice_indices(4, 2).tolist() == [0, 1]
+    assert slice_indices(4, 2, offset=3).tolist() == [3, 0]  # FedRolex window wraps around
+    assert slice_indices(4, 4, offset=3).tolist() == [0, 1, 2, 3]  # the full width is never rolled
+    with pytest.raises(ValueError, match="sub-model size"):
+        slice_indices(4, 5)
+
+
+def _tiny_global():
+    """A width-4 model: conv (out 4, in 3), BN (4), classifier (10 classes, in 4)."""
+    return {"conv.weight": torch.arange(12.0).view(4, 3, 1, 1), "bn.weight": torch.arange(4.0),
+            "fc.weight": torch.arange(40.0).view(10, 4)}
+
+
+def test_extract_submodel_slices_hidden_dims_only():
+    full = _tiny_global()
+    shapes = {"conv.weight": (2, 3, 1, 1), "bn.weight": (2,), "fc.weight": (10, 2)}
+    sub = extract_submodel(full, shapes)
+    assert torch.equal(sub["conv.weight"], full["conv.weight"][:2])  # input (image) channels whole
+    assert torch.equal(sub["bn.weight"], torch.tensor([0.0, 1.0]))
+    assert torch.equal(sub["fc.weight"], full["fc.weight"][:, :2])  # classes whole, inputs sliced
+    rolled = extract_submodel(full, shapes, offset=3)
+    assert torch.equal(rolled["bn.weight"], torch.tensor([3.0, 0.0]))
+    assert torch.equal(rolled["fc.weight"], full["fc.weight"][:, [3, 0]])
+    assert torch.equal(rolled["conv.weight"], full["conv.weight"][[3, 0]])
+
+
+def test_aggregate_slices_hand_computed():
+    full = {"bn.weight": torch.zeros(4), "fc.weight": torch.zeros(2, 4)}
+    wide = {"bn.weight": torch.ones(4), "fc.weight": torch.ones(2, 4)}
+    narrow = {"bn.weight": torch.full((2,), 3.0), "fc.weight": torch.full((2, 2), 5.0)}
+    out = aggregate_slices(full, [wide, narrow], [None, None])
+    assert out["bn.weight"].tolist() == [2.0, 2.0, 1.0, 1.0]  # (1 + 3) / 2 where both trained
+    assert out["fc.weight"].tolist() == [[3.0, 3.0, 1.0, 1.0]] * 2
+    rolled = aggregate_slices(full, [wide, narrow], [3, 3])  # narrow covered channels 3 and 0
+    assert rolled["bn.weight"].tolist() == [2.0, 1.0, 1.0, 2.0]
+    lonely = aggregate_slices({"bn.weight": torch.full((4,), 7.0)}, [{"bn.weight": torch.zeros(2)}], [None])
+    assert lonely["bn.weight"].tolist() == [0.0, 0.0, 7.0, 7.0]  # entries no client trained keep their value
+
+
+@pytest.mark.parametrize("strategy", [HeteroFL, FedRolex])
+def test_width_family_runs_heterofl_and_fedrolex(tmp_path, strategy):
+    from lightning import seed_everything
+
+    from datamodules import Digits
+    from flcore import FederatedTrainer
+    from lightning_modules import ClientModule
+    from lightning_modules.models import WidthScaledResNet
+
+    seed_everything(0)
+    net = WidthScaledResNet("resnet10", 1, 10, width=2, stem="cifar", rates=(1.0, 0.5))
+    trainer = FederatedTrainer(strategy=strategy(), rounds=2, clients_per_round=4, local={"max_epochs": 1},
+                               log_dir=str(tmp_path), architectures=["w1", "w0.5"])
+    summary = trainer.fit(ClientModule(net), Digits(num_clients=6, batch_size=16))
+    assert {"global/test_acc/w1", "global/test_acc/w0.5"} <= set(trainer.history[-1])
+    assert 0 < summary["final_test_acc"] <= 1
+    sub = net.with_architecture("w0.5").state_dict()
+    assert sub["intermediate.layer4.0.conv1.weight"].shape == (8, 4, 3, 3)  # width 1: stages 1, 2, 4, 8
+    assert not any("running_mean" in k for k in sub)  # static BatchNorm keeps no statistics
+
+
+def test_width_ratio_out_of_range_is_one_line(run_cli):
+    from lightning_modules.models import WidthScaledResNet
+
+    with pytest.raises(ValueError, match=r"model.net.rates: width ratios must be in \(0, 1\]"):
+        WidthScaledResNet(rates=(1.0, 1.5))
+    from tests.conftest import ROOT
+
+    code, out, err = run_cli("fit", "--config", f"{ROOT}/configs/heterofl_fmnist.yaml",
+                             "--model.init_args.net.init_args.rates", "[1.0, 0.0]")
+    assert code == 2
+    assert "model.net.rates: width ratios must be in (0, 1], got [1.0, 0.0]" in err.strip().splitlines()[-1]

@@ -7,12 +7,14 @@ from flcore.strategies.fedgen import FedGen
 from flcore.strategies.fedin import FedIN
 from flcore.strategies.fedmr import FedMR
 from flcore.strategies.fednova import FedNova
+from flcore.strategies.fedrolex import FedRolex
 from flcore.strategies.hetero import HeteroFedAvg
+from flcore.strategies.heterofl import HeteroFL
 from flcore.strategies.inclusivefl import InclusiveFL
 from flcore.strategies.fedprox import FedProx
 from flcore.strategies.moon import Moon
 from flcore.strategies.scaffold import Scaffold
 from flcore.strategies.multimodel import MultiModelStrategy
 
-__all__ = ["HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
+__all__ = ["HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
            "FedProx", "Scaffold", "FedNova", "Moon", "FedGen"]

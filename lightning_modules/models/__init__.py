@@ -6,7 +6,7 @@ from lightning_modules.models.cnn import CNN
 from lightning_modules.models.generator import FeatureGenerator
 from lightning_modules.models.lstm import CharLSTM, Sent140LSTM
 from lightning_modules.models.resnet20 import ResNet20
-from lightning_modules.models.resnet_family import FAMILY_STAGES, HeteroResNet
+from lightning_modules.models.resnet_family import FAMILY_STAGES, HeteroResNet, WidthScaledResNet
 from lightning_modules.models.vgg16 import VGG16
 
-__all__ = ["HeteroResNet", "FAMILY_STAGES", "CNN", "ResNet20", "VGG16", "FeatureGenerator", "CharLSTM", "Sent140LSTM"]
+__all__ = ["HeteroResNet", "WidthScaledResNet", "FAMILY_STAGES", "CNN", "ResNet20", "VGG16", "FeatureGenerator", "CharLSTM", "Sent140LSTM"]

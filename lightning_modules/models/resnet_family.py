@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from lightning_modules.models.resnet20 import BasicBlock
 
-__all__ = ["HeteroResNet", "FAMILY_STAGES"]
+__all__ = ["HeteroResNet", "WidthScaledResNet", "FAMILY_STAGES", "level_name"]
 
 #: BasicBlocks per stage (FedIN paper, Sec. 5.1); stage widths are width x (1, 2, 4, 8).
 FAMILY_STAGES: dict[str, tuple[int, int, int, int]] = {
@@ -96,3 +96,65 @@ class HeteroResNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+def level_name(rate: float) -> str:
+    """Architecture name of a width level: ``1 -> "w1"``, ``0.0625 -> "w0.0625"``."""
+    return f"w{rate:g}"
+
+
+class WidthScaledResNet(HeteroResNet):
+    """The width-sliced family of HeteroFL (Diao et al., ICLR 2021) and FedRolex (Alam et al.,
+    NeurIPS 2022): one depth (``arch``), every hidden width scaled by a rate.
+
+    Level ``w<r>`` has ``round(r * width)`` stem channels (stages ``x2, x4, x8`` of it), so each of
+    its tensors has the global (rate-1) tensor's shape with hidden dimensions shrunk: a
+    sub-model is a slice of the global model (leading channels for HeteroFL, a rolling window
+    for FedRolex). Input channels and classes are never sliced. As in HeteroFL:
+
+    * static BatchNorm: BN normalises with batch statistics in training and evaluation and keeps
+      no running statistics (none are aggregated);
+    * scaler: in training, the pooled features are divided by the rate before the classifier,
+      so sub-models of every width produce logits on one scale.
+
+    Args:
+        arch, in_channels, num_classes, width, stem: as :class:`HeteroResNet` (``width`` is the
+            global model's).
+        rates: the width levels, each in ``(0, 1]`` (HeteroFL's "a1-b1-c1-d1-e1": 1, 1/2, 1/4,
+            1/8, 1/16).
+        level: this member's level name (default: the first rate's).
+
+    Raises:
+        ValueError: a rate outside ``(0, 1]``, an unknown level, or as :class:`HeteroResNet`.
+    """
+
+    def __init__(self, arch: str = "resnet18", in_channels: int = 3, num_classes: int = 10, width: int = 64,
+                 stem: str = "imagenet", rates: tuple[float, ...] = (1.0, 0.5, 0.25, 0.125, 0.0625),
+                 level: str | None = None):
+        rates = tuple(float(r) for r in rates)
+        bad = [r for r in rates if not 0.0 < r <= 1.0]
+        if not rates or bad:
+            raise ValueError(f"model.net.rates: width ratios must be in (0, 1], got {list(rates)}")
+        self.ARCHITECTURES = tuple(level_name(r) for r in rates)
+        level = level or self.ARCHITECTURES[0]
+        if level not in self.ARCHITECTURES:
+            raise ValueError(f"model.net.level: must be one of {list(self.ARCHITECTURES)}, got {level!r}")
+        self.rate = rates[self.ARCHITECTURES.index(level)]
+        super().__init__(arch, in_channels, num_classes, width=max(1, round(width * self.rate)), stem=stem)
+        self._family = {"arch": arch, "in_channels": in_channels, "num_classes": num_classes, "width": width,
+                        "stem": stem, "rates": rates}
+        self.level = level
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):  # static BN: no running statistics
+                m.track_running_stats = False
+                m.running_mean = m.running_var = m.num_batches_tracked = None
+
+    def with_architecture(self, arch: str) -> WidthScaledResNet:
+        """The family member of width level ``arch`` (e.g. ``"w0.25"``)."""
+        return WidthScaledResNet(**self._family, level=arch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.features(x)
+        if self.training:
+            h = h / self.rate  # HeteroFL's scaler
+        return self.classifier(h)
