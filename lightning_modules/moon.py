@@ -47,6 +47,13 @@ class MoonNet(nn.Module):
         self.l3 = nn.Linear(projection_dim, base.num_classes)
         self.num_classes = base.num_classes
         self.feature_dim = projection_dim
+        self.projection_dim = projection_dim
+        if hasattr(base, "ARCHITECTURES"):  # a model family: heterogeneous-model runs
+            self.ARCHITECTURES = base.ARCHITECTURES
+
+    def with_architecture(self, arch: str) -> MoonNet:
+        """MOON's network over family member ``arch`` of the base (heterogeneous-model runs)."""
+        return MoonNet(self.base.with_architecture(arch), self.projection_dim)
 
     def features(self, x: Tensor) -> Tensor:
         return self.l2(F.relu(self.l1(self.base.features(x))))

@@ -28,12 +28,14 @@ class HeteroFedAvg(Strategy):
       the round keeps its model.
 
     Works with any local objective whose server side is plain averaging (FedAvg's
-    ``ClientModule``, ``FedProxModule``). The trainer calls :meth:`bind` with each client's
+    ``ClientModule``, ``FedProxModule``) and with ``MoonModule`` (client-resident state, such
+    as MOON's previous model, is kept per client and handed back as ``payload["client_state"]``). The trainer calls :meth:`bind` with each client's
     architecture (``trainer.architectures``) and passes :meth:`initialize` one initial state per
     architecture. Evaluation uses :meth:`global_models` (one model per architecture).
 
-    State: ``{"global": union state_dict}`` (layerwise) or ``{"models": {arch: state_dict}}``
-    (same_shape).
+    State: ``{"global": union state_dict, "arch_keys": ...}`` (layerwise) or
+    ``{"models": {arch: state_dict}}`` (same_shape); plus ``{"clients": {cid: client_state}}``
+    when the local objective keeps state on the client.
 
     Args:
         aggregation: ``"layerwise"`` or ``"same_shape"``.
@@ -78,12 +80,16 @@ class HeteroFedAvg(Strategy):
 
     def configure_fit(self, rnd, clients, state, rng) -> list[ClientTask]:
         per_arch = {a: self.arch_state(state, a) for a in dict.fromkeys(self.client_arch[c] for c in clients)}
-        return [ClientTask(cid=c, state=per_arch[self.client_arch[c]], slot=i, arch=self.client_arch[c])
+        kept = state.get("clients", {})  # client-resident state, e.g. MOON's previous model
+        return [ClientTask(cid=c, state=per_arch[self.client_arch[c]], slot=i, arch=self.client_arch[c],
+                           payload={"client_state": kept[c]} if c in kept else {})
                 for i, c in enumerate(clients)]
 
     def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
         if not results:
             return state
+        if any("client_state" in r.payload for r in results):
+            state = self.with_client_states(state, results)
         weights = [r.weight if self.weighted else 1.0 for r in results]
         if self.aggregation == "layerwise":
             union = dict(state["global"])
