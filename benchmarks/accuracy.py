@@ -60,6 +60,9 @@ HETERO_METHODS: dict[str, tuple[str, list[str]]] = {
     "FedIN": ("configs/fedin_fmnist.yaml", []),
     "FedIN (+Noise)": ("configs/fedin_noise_fmnist.yaml", []),
     "FedIN (same-shape)": ("configs/fedin_same_shape_fmnist.yaml", []),
+    "InclusiveFL": ("configs/inclusivefl_fmnist.yaml", []),
+    "HeteroFL": ("configs/heterofl_fmnist.yaml", []),
+    "FedRolex": ("configs/fedrolex_fmnist.yaml", []),
 }
 METHODS.update(HETERO_METHODS)
 
