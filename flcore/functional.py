@@ -36,6 +36,7 @@ __all__ = [
     "module_groups",
     "layerwise_average",
     "state_bytes",
+    "nova_mix",
 ]
 
 
@@ -397,6 +398,25 @@ def layerwise_average(
             raise ValueError(f"weights: owners of key {key!r} have zero total weight")
         out[key] = mix([states[i][key] for i in idx], [x / total for x in w])
     return out
+
+
+def nova_mix(x: Tensor, ys: Sequence[Tensor], sizes: Sequence[float], a_norms: Sequence[float]) -> Tensor:
+    """FedNova's normalized averaging of one tensor (Wang et al., NeurIPS 2020, Eq. 6).
+
+    With ``p_i = n_i / sum n``, ``d_i = (x - y_i) / a_i`` and ``tau_eff = sum_i p_i a_i``:
+    ``x - tau_eff * sum_i p_i d_i = (1 - sum_i w_i) x + sum_i w_i y_i`` with
+    ``w_i = tau_eff p_i / a_i``.
+
+    Args:
+        x: the tensor the clients started from; ys: their trained tensors (same shape).
+        sizes: sample counts n_i; a_norms: ``||a_i||_1`` (local steps for plain SGD), > 0.
+    """
+    total = float(sum(sizes))
+    p = [float(n) / total for n in sizes]
+    a = [max(float(v), 1e-12) for v in a_norms]
+    tau_eff = sum(pi * ai for pi, ai in zip(p, a))
+    w = [tau_eff * pi / ai for pi, ai in zip(p, a)]
+    return mix([x, *ys], [1.0 - sum(w), *w])
 
 
 def state_bytes(state: Mapping[str, Tensor]) -> int:

@@ -163,3 +163,69 @@ def test_moon_and_fedprox_run_with_layerwise_aggregation(tmp_path):
         trainer.fit(module, Digits(num_clients=6, batch_size=16))
         assert trainer.history[-1]["round/failed_clients"] == 0
         assert "global/test_acc/resnet22" in trainer.history[-1]
+
+
+def _random_results(keys_per_client, seed=0, payload=None):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for cid, keys in enumerate(keys_per_client):
+        state = {k: torch.randn(3, generator=g) for k in keys}
+        extra = payload(cid, keys, g) if payload else {}
+        out.append(ClientResult(cid, cid, state, num_samples=cid + 2, payload=extra))
+    return out
+
+
+def test_hetero_fednova_and_scaffold_equal_homogeneous_with_one_architecture():
+    import numpy as np
+
+    from flcore.strategies import FedNova, HeteroFedNova, HeteroScaffold, Scaffold
+
+    keys = ["a", "b"]
+    init = {"a": torch.zeros(3), "b": torch.ones(3)}
+    nova_payload = lambda cid, ks, g: {"a_norm": 3.0 + cid, "param_keys": ks}  # noqa: E731
+    scaf_payload = lambda cid, ks, g: {"delta_c": {k: torch.randn(3, generator=g) for k in ks}}  # noqa: E731
+    for homo, hetero, payload in ((FedNova(), HeteroFedNova(), nova_payload),
+                                  (Scaffold(global_lr=0.7), HeteroScaffold(global_lr=0.7), scaf_payload)):
+        hetero.bind(["only"] * 3)
+        s_homo = homo.initialize(init, 3, num_clients=3)
+        s_het = hetero.initialize({"only": init}, 3, num_clients=3)
+        res = _random_results([keys] * 3, payload=payload)
+        a = homo.aggregate_fit(0, res, s_homo, np.random.default_rng(0))
+        b = hetero.aggregate_fit(0, _random_results([keys] * 3, payload=payload), s_het, np.random.default_rng(0))
+        for k in keys:
+            assert torch.allclose(a["global"][k], b["global"][k], atol=1e-6)
+            if "c" in a:
+                assert torch.allclose(a["c"][k], b["c"][k], atol=1e-6)
+
+
+def test_hetero_scaffold_control_variate_per_key_owners():
+    from flcore.strategies import HeteroScaffold
+
+    s = HeteroScaffold()
+    s.bind(["small", "large", "large"])  # key "b" is owned by 2 of the 3 clients
+    state = s.initialize({"small": {"a": torch.zeros(1)}, "large": {"a": torch.zeros(1), "b": torch.zeros(1)}}, 2)
+    res = [ClientResult(0, 0, {"a": torch.ones(1)}, 1, payload={"delta_c": {"a": torch.tensor([3.0])}}),
+           ClientResult(1, 1, {"a": torch.ones(1), "b": torch.ones(1)}, 1,
+                        payload={"delta_c": {"a": torch.tensor([3.0]), "b": torch.tensor([4.0])}})]
+    new = s.aggregate_fit(0, res, state, None)
+    assert new["c"]["a"].item() == pytest.approx(6.0 / 3) and new["c"]["b"].item() == pytest.approx(4.0 / 2)
+    tasks = s.configure_fit(1, [0, 1], new, None)
+    assert sorted(tasks[0].payload["c"]) == ["a"] and sorted(tasks[1].payload["c"]) == ["a", "b"]
+
+
+def test_scaffold_and_fednova_objectives_run_on_mixed_architectures(tmp_path):
+    from lightning import seed_everything
+
+    from datamodules import Digits
+    from flcore import FederatedTrainer
+    from flcore.strategies import HeteroFedNova, HeteroScaffold
+    from lightning_modules import FedNovaModule, ScaffoldModule
+    from lightning_modules.models import HeteroResNet
+
+    for name, strategy, module in (("scaffold", HeteroScaffold(), ScaffoldModule),
+                                   ("fednova", HeteroFedNova(), FedNovaModule)):
+        seed_everything(0)
+        trainer = FederatedTrainer(strategy=strategy, rounds=2, clients_per_round=3, local={"max_epochs": 1},
+                                   log_dir=str(tmp_path), name=name, architectures=["resnet10", "resnet14"])
+        trainer.fit(module(HeteroResNet("resnet10", 1, 10, 4, "cifar")), Digits(num_clients=6, batch_size=16))
+        assert trainer.history[-1]["round/failed_clients"] == 0 and "global/test_acc/resnet14" in trainer.history[-1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flcore.functional import mix, weighted_average
+from flcore.functional import nova_mix, weighted_average
 from flcore.strategies.fedavg import FedAvg
 
 __all__ = ["FedNova"]
@@ -26,18 +26,9 @@ class FedNova(FedAvg):
         if not results or any("a_norm" not in r.payload for r in results):
             return super().aggregate_fit(rnd, results, state, rng)
         x = state["global"]
-        total = float(sum(r.weight for r in results))
-        p = [r.weight / total for r in results]
-        a = [max(float(r.payload["a_norm"]), 1e-12) for r in results]
-        tau_eff = sum(pi * ai for pi, ai in zip(p, a))
         params = set(results[0].payload.get("param_keys", x.keys()))
         avg = weighted_average([r.state for r in results], [r.weight for r in results])
-        new_x = {}
-        for key in x:
-            if key not in params or not x[key].is_floating_point():
-                new_x[key] = avg[key]
-                continue
-            # x - tau_eff * sum_i p_i (x - y_i) / a_i  =  (1 - c) x + sum_i (tau_eff p_i / a_i) y_i
-            w = [tau_eff * pi / ai for pi, ai in zip(p, a)]
-            new_x[key] = mix([x[key]] + [r.state[key] for r in results], [1.0 - sum(w)] + w)
+        sizes, a_norms = [r.weight for r in results], [r.payload["a_norm"] for r in results]
+        new_x = {key: nova_mix(x[key], [r.state[key] for r in results], sizes, a_norms)
+                 if key in params and x[key].is_floating_point() else avg[key] for key in x}
         return {**state, "global": new_x}
