@@ -4,16 +4,15 @@ import builtins
 import os
 
 import pytest
-import torch
 
 from tests.conftest import QUICKSTART
-from tests.test_executor import KillerDigits, _run
+from tests.test_executor import KillerDigits, assert_same_as_sequential
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 from flcore import FederatedTrainer  # noqa: E402
-from flcore.executors import RayExecutor, SequentialExecutor  # noqa: E402
+from flcore.executors import RayExecutor  # noqa: E402
 from flcore.strategies import FedAvg, FedCross  # noqa: E402
 from lightning_modules import ClientModule  # noqa: E402
 from lightning_modules.models import CNN  # noqa: E402
@@ -29,19 +28,7 @@ def local_ray():
 
 @pytest.mark.parametrize("strategy", [FedAvg, lambda: FedCross(alpha=0.9)], ids=["fedavg", "fedcross"])
 def test_ray_equals_sequential(local_ray, tmp_path, strategy):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the actors run 1 torch thread each (num_cpus_per_worker=1)
-    try:
-        seq_models, seq_hist = _run(SequentialExecutor(), strategy(), tmp_path, "seq")
-        ray_models, ray_hist = _run(RayExecutor(num_workers=2, num_cpus_per_worker=1, address="auto"), strategy(),
-                                    tmp_path, "ray")
-    finally:
-        torch.set_num_threads(threads)
-    assert len(seq_models) == len(ray_models)
-    for a, b in zip(seq_models, ray_models):
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    keys = ("global/test_acc", "global/test_loss", "clients/train_loss")
-    assert [[h.get(k) for k in keys] for h in seq_hist] == [[h.get(k) for k in keys] for h in ray_hist]
+    assert_same_as_sequential(RayExecutor(num_workers=2, num_cpus_per_worker=1, address="auto"), strategy, tmp_path)
 
 
 def test_killed_ray_actor_is_a_failed_client(local_ray, tmp_path):
