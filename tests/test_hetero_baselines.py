@@ -68,7 +68,7 @@ def test_inclusivefl_runs_on_mixed_architectures(tmp_path):
 
 # ----------------------------------------------------------------------------- HeteroFL / FedRolex
 from flcore.strategies import FedRolex, HeteroFL  # noqa: E402
-from flcore.strategies.heterofl import aggregate_slices, extract_submodel, slice_indices  # noqa: E402
+from flcore.functional import aggregate_slices, extract_submodel, slice_indices  # noqa: E402
 
 
 def test_slice_indices_leading_and_rolling():

@@ -5,77 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from flcore.functional import StateDict
+from flcore.functional import StateDict, aggregate_slices, extract_submodel
 from flcore.strategies.base import ClientResult, ClientTask, Strategy
 
-__all__ = ["HeteroFL", "slice_indices", "extract_submodel", "aggregate_slices"]
-
-
-def slice_indices(full: int, size: int, offset: int | None = None) -> Tensor:
-    """Indices of a sub-model's ``size`` channels among the global ``full``: the leading ones
-    (HeteroFL, ``offset=None``) or the rolling window ``(offset + arange(size)) % full``
-    (FedRolex, ``offset`` = round).
-
-    Raises:
-        ValueError: ``size`` not in ``[1, full]``.
-    """
-    if not 1 <= size <= full:
-        raise ValueError(f"sub-model size: must be in [1, {full}], got {size}")
-    if offset is None or size == full:
-        return torch.arange(size)
-    return (offset + torch.arange(size)) % full
-
-
-def _dim_indices(full_shape, sub_shape, offset) -> list[Tensor]:
-    return [slice_indices(f, s, offset) for f, s in zip(full_shape, sub_shape)]
-
-
-def extract_submodel(full: StateDict, shapes: dict[str, tuple[int, ...]], offset: int | None = None) -> StateDict:
-    """The sub-model of the given shapes: every dimension that is smaller than the global one is
-    sliced by :func:`slice_indices` (the same indices wherever a layer's width appears, so
-    consecutive layers stay connected); other dimensions are taken whole.
-
-    Returns:
-        New tensors (or the global tensor itself where nothing is sliced; read-only).
-    """
-    out: StateDict = {}
-    for key, shape in shapes.items():
-        t = full[key]
-        for d, idx in enumerate(_dim_indices(full[key].shape, shape, offset)):
-            if len(idx) != t.shape[d]:
-                t = t.index_select(d, idx)
-        out[key] = t
-    return out
-
-
-def aggregate_slices(full: StateDict, subs: list[StateDict], offsets: list[int | None]) -> StateDict:
-    """HeteroFL aggregation: each global entry becomes the mean of the clients' values for it,
-    over the clients whose sub-model contains it; entries no client has keep their value.
-
-    Args:
-        full: the global model.
-        subs: the clients' trained sub-models (any subset of keys, sliced shapes).
-        offsets: per client, the offset its slices were taken with (``None``: leading).
-    """
-    acc = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in full.items()}
-    cnt = {k: torch.zeros(v.shape, dtype=torch.float64) for k, v in full.items()}
-    for sub, offset in zip(subs, offsets):
-        for key, value in sub.items():
-            idx = _dim_indices(full[key].shape, value.shape, offset)
-            nd = len(idx)
-            index = tuple(i.view([-1 if j == d else 1 for j in range(nd)]) for d, i in enumerate(idx))
-            acc[key].index_put_(index, value.to(torch.float64), accumulate=True)
-            cnt[key].index_put_(index, torch.ones(value.shape, dtype=torch.float64), accumulate=True)
-    out: StateDict = {}
-    for key, v in full.items():
-        mean = acc[key] / cnt[key].clamp_min(1)
-        if not v.is_floating_point():
-            mean = mean.round()
-        out[key] = torch.where(cnt[key] > 0, mean, v.to(torch.float64)).to(v.dtype)
-    return out
+__all__ = ["HeteroFL"]
 
 
 class HeteroFL(Strategy):
