@@ -2,6 +2,7 @@
 
 import builtins
 import os
+import signal
 
 import pytest
 
@@ -21,7 +22,10 @@ from lightning_modules.models import CNN  # noqa: E402
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module (starting Ray costs seconds); executors join it."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    for sig, handler in handlers.items():  # Ray installs a SIGTERM handler; later tests check the defaults
+        signal.signal(sig, handler)
     yield
     ray.shutdown()
 
@@ -83,3 +87,4 @@ def test_missing_ray_cli_error(monkeypatch, run_cli):
     assert code == 2
     assert err.strip().splitlines()[-1] == ("flcore: error: trainer.executor: RayExecutor needs the 'ray' package; "
                                             "install it with: pip install 'flcore[ray]'")
+

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import os
 import pickle
+import signal
 from collections import deque
 from typing import Any
 
@@ -120,7 +121,10 @@ class RayExecutor(Executor):
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
             if self.address is None:
                 kwargs["num_cpus"] = max(1, int(round(self.num_workers * self.num_cpus_per_worker)))
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
             ray.init(address=self.address, **kwargs)
+            for sig, handler in handlers.items():  # Ray installs its own; the trainer's checkpoint-on-signal stays
+                signal.signal(sig, handler)
             self._started_ray = True
         self._init_args = (ray.put(pickle.dumps(runner.modules)), ray.put(datamodule_recipe(runner.datamodule)),
                            runner.trainer_kwargs, runner.seed, runner.callbacks,
