@@ -184,11 +184,16 @@ def test_fedin_bytes_up_include_feature_batches(tmp_path):
     assert all(e > 0 and e % per_sample == 0 for e in extra) and extra[0] == 3 * 16 * per_sample
 
 
-def test_fedin_cli_two_rounds_mixed_architectures(run_cli):
+def test_fedin_cli_two_rounds_mixed_architectures(run_cli, tmp_path):
     code, out, err = run_cli("fit", "--config", FEDIN_DIGITS, "--trainer.rounds", "2", "--trainer.eval_every", "1",
                              "--trainer.local.max_epochs", "1", "--model.net.width", "4")
     assert code == 0, err
     assert "FedIN finished 2 rounds" in out
+    final = out.split("final test_acc ")[1].split(",")[0]
+    code, out, err = run_cli("test", "--config", FEDIN_DIGITS, "--model.net.width", "4",
+                             "--trainer.log_dir", str(tmp_path / "runs"), "--ckpt_path", "last")
+    assert code == 0, err
+    assert "test_acc/resnet26" in out and f"test_acc {final}" in out  # every architecture, and the same mean
 
 
 @pytest.mark.parametrize("args,message", [
