@@ -53,31 +53,41 @@ def _check_same_keys(states: Sequence[Mapping[str, Tensor]]) -> None:
             raise ValueError(f"states[{i}]: keys differ from states[0] (e.g. {missing})")
 
 
-def mix(tensors: Sequence[Tensor], weights: Sequence[float]) -> Tensor:
+def mix(tensors: Sequence[Tensor], weights: Sequence[float], out: Tensor | None = None) -> Tensor:
     """Return ``sum_i weights[i] * tensors[i]`` with this module's buffer policy.
 
     Args:
         tensors: same-shape tensors, any dtype (all of one dtype).
         weights: one float per tensor; used as given (not normalised).
+        out: write the result here (same shape and dtype; must not alias the inputs) instead of
+            a new tensor.
 
     Returns:
-        A new tensor of the inputs' shape and dtype. Floating inputs are accumulated in at least
-        float32; integer/bool inputs are accumulated in float64 and rounded to nearest.
+        A tensor of the inputs' shape and dtype (``out`` when given). Floating inputs are
+        accumulated in at least float32; integer/bool inputs are accumulated in float64 and
+        rounded to nearest.
     """
     first = tensors[0]
     if first.is_floating_point():
         acc_dtype = torch.promote_types(first.dtype, torch.float32)
-        if len(tensors) == 2 and first.dtype == acc_dtype and abs(float(weights[0]) + float(weights[1]) - 1.0) < 1e-12:
-            # w0 t0 + (1 - w0) t1 in one read-read-write kernel (cross-aggregation's common case)
-            return torch.lerp(tensors[1], tensors[0], float(weights[0]))
-        out = torch.mul(first.to(acc_dtype), float(weights[0]))  # no zero-fill pass
+        if first.dtype == acc_dtype:  # float32/64: accumulate straight into the result
+            if len(tensors) == 2 and abs(float(weights[0]) + float(weights[1]) - 1.0) < 1e-12:
+                # w0 t0 + (1 - w0) t1 in one read-read-write kernel (cross-aggregation's common case)
+                return torch.lerp(tensors[1], first, float(weights[0]), out=out)
+            result = torch.mul(first, float(weights[0]), out=out)  # no zero-fill pass
+            for w, t in zip(weights[1:], tensors[1:]):
+                result.add_(t, alpha=float(w))
+            return result
+        acc = torch.mul(first.to(acc_dtype), float(weights[0]))
         for w, t in zip(weights[1:], tensors[1:]):
-            out.add_(t.to(acc_dtype), alpha=float(w))
-        return out.to(first.dtype)
-    out = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
-    for w, t in zip(weights, tensors):
-        out.add_(t.to(torch.float64), alpha=float(w))
-    return out.round_().to(first.dtype)
+            acc.add_(t.to(acc_dtype), alpha=float(w))
+        result = acc.to(first.dtype)
+    else:
+        acc = torch.zeros(first.shape, dtype=torch.float64, device=first.device)
+        for w, t in zip(weights, tensors):
+            acc.add_(t.to(torch.float64), alpha=float(w))
+        result = acc.round_().to(first.dtype)
+    return result if out is None else out.copy_(result)
 
 
 def weighted_average(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> StateDict:
@@ -193,13 +203,7 @@ def _mix_inplace(tensors: list[Tensor], plan: list[tuple[list[int], list[float]]
     for start in range(0, first.numel(), chunk):
         block = torch.stack([f[start : start + chunk] for f in flats])
         for dst, (members, weights) in zip(flats, plan):
-            dst = dst[start : start + chunk]
-            if len(members) == 2 and abs(weights[0] + weights[1] - 1.0) < 1e-12:
-                torch.lerp(block[members[1]], block[members[0]], weights[0], out=dst)
-                continue
-            torch.mul(block[members[0]], weights[0], out=dst)
-            for m, w in zip(members[1:], weights[1:]):
-                dst.add_(block[m], alpha=w)
+            mix([block[m] for m in members], weights, out=dst[start : start + chunk])
 
 
 def dynamic_alpha(target: float, step: int, steps: int, start: float = 0.5) -> float:

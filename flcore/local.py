@@ -84,7 +84,6 @@ class LocalRunner:
         self.trainer = L.Trainer(**kwargs)
         quiet_lightning()
         self.modules: dict[str | None, L.LightningModule] = dict(module) if isinstance(module, dict) else {None: module}
-        self.module = next(iter(self.modules.values()))
         self.datamodule = datamodule
         self.seed = int(seed)
 

@@ -158,8 +158,11 @@ class FedINModule(FedProxModule):
             g_in = [torch.zeros_like(p) if g is None else g for g, p in zip(g_in, params)]
             g_local = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
             z = corrected_in_gradient(g_in, g_local, self.correction, self.lam)
-            for p, gl, zz in zip(params, g_local, z):
-                p.grad = gl + zz
+            for p, zz in zip(params, z):  # G_local + Z, in place (z was computed from G_local first)
+                if p.grad is None:
+                    p.grad = zz
+                else:
+                    p.grad.add_(zz)
         opt.step()
         self._record(loss.detach(), logits, y)
         if self._upload_x is None or len(x) >= len(self._upload_x):

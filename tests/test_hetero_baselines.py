@@ -15,6 +15,13 @@ def _inclusive(beta=0.5, local_top=True):
     return s, s.initialize(init, 2)
 
 
+def _two_arch_results():
+    """The small client (1 sample) trained block layer1.0; the large one (3 samples) also layer1.1."""
+    return [ClientResult(0, 0, {"f.layer1.0.w": torch.tensor([1.0, 1.0]), "cls.w": torch.tensor([1.0])}, 1),
+            ClientResult(1, 1, {"f.layer1.0.w": torch.tensor([2.0, 0.0]), "f.layer1.1.w": torch.tensor([4.0, 2.0]),
+                                "cls.w": torch.tensor([4.0])}, 3)]
+
+
 def test_block_of():
     assert block_of("intermediate.layer3.1.conv1.weight") == ("intermediate.layer3", 1, "conv1.weight")
     assert block_of("classifier.weight") is None
@@ -22,10 +29,7 @@ def test_block_of():
 
 def test_inclusivefl_momentum_distillation_hand_computed():
     s, state = _inclusive(beta=0.5, local_top=True)
-    results = [ClientResult(0, 0, {"f.layer1.0.w": torch.tensor([1.0, 1.0]), "cls.w": torch.tensor([1.0])}, 1),
-               ClientResult(1, 1, {"f.layer1.0.w": torch.tensor([2.0, 0.0]), "f.layer1.1.w": torch.tensor([4.0, 2.0]),
-                                   "cls.w": torch.tensor([4.0])}, 3)]
-    new = s.aggregate_fit(0, results, state, None)["models"]
+    new = s.aggregate_fit(0, _two_arch_results(), state, None)["models"]
     # small top block layer1.0: (1 - 0.5) * [1, 1] + 0.5 * mean([2, 0], [4, 2]) = [2, 1]; local (not shared)
     assert torch.allclose(new["small"]["f.layer1.0.w"], torch.tensor([2.0, 1.0]))
     assert torch.allclose(new["large"]["f.layer1.0.w"], torch.tensor([2.0, 0.0]))  # large keeps its own
@@ -36,10 +40,7 @@ def test_inclusivefl_momentum_distillation_hand_computed():
 
 def test_inclusivefl_without_local_top_shares_the_distilled_block():
     s, state = _inclusive(beta=0.5, local_top=False)
-    results = [ClientResult(0, 0, {"f.layer1.0.w": torch.tensor([1.0, 1.0]), "cls.w": torch.tensor([1.0])}, 1),
-               ClientResult(1, 1, {"f.layer1.0.w": torch.tensor([2.0, 0.0]), "f.layer1.1.w": torch.tensor([4.0, 2.0]),
-                                   "cls.w": torch.tensor([4.0])}, 3)]
-    new = s.aggregate_fit(0, results, state, None)["models"]
+    new = s.aggregate_fit(0, _two_arch_results(), state, None)["models"]
     want = (1 * torch.tensor([2.0, 1.0]) + 3 * torch.tensor([2.0, 0.0])) / 4  # [2, 0.25]
     assert torch.allclose(new["small"]["f.layer1.0.w"], want) and torch.allclose(new["large"]["f.layer1.0.w"], want)
 

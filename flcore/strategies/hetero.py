@@ -8,9 +8,20 @@ from typing import Any
 from flcore.functional import StateDict, layerwise_average, weighted_average
 from flcore.strategies.base import ClientResult, ClientTask, Strategy
 
-__all__ = ["HeteroFedAvg", "AGGREGATIONS"]
+__all__ = ["HeteroFedAvg", "AGGREGATIONS", "union_state"]
 
 AGGREGATIONS = ("layerwise", "same_shape")
+
+
+def union_state(model_state: dict[str, StateDict]) -> StateDict:
+    """All architectures' entries in one dict; an entry several share takes the first
+    architecture's tensor (config order), so every client starts from one global model.
+    Returns references, not copies."""
+    union: StateDict = {}
+    for arch_state in model_state.values():
+        for k, v in arch_state.items():
+            union.setdefault(k, v)
+    return union
 
 
 class HeteroFedAvg(Strategy):
@@ -66,10 +77,7 @@ class HeteroFedAvg(Strategy):
         every client starts from one global model."""
         if self.aggregation == "same_shape":
             return {"models": {a: {k: v.clone() for k, v in s.items()} for a, s in model_state.items()}}
-        union: StateDict = {}
-        for arch_state in model_state.values():
-            for k, v in arch_state.items():
-                union.setdefault(k, v.clone())
+        union = {k: v.clone() for k, v in union_state(model_state).items()}
         return {"global": union, "arch_keys": {a: list(s) for a, s in model_state.items()}}
 
     def arch_state(self, state: dict[str, Any], arch: str) -> StateDict:

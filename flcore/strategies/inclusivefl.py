@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from flcore.functional import StateDict, weighted_average
+from flcore.functional import StateDict, layerwise_average, weighted_average
 from flcore.strategies.base import ClientResult
-from flcore.strategies.hetero import HeteroFedAvg
+from flcore.strategies.hetero import HeteroFedAvg, union_state
 
 __all__ = ["InclusiveFL", "block_of"]
 
@@ -64,10 +64,7 @@ class InclusiveFL(HeteroFedAvg):
     def initialize(self, model_state: dict[str, StateDict], clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
         """One model per architecture; an entry shared by several starts from one value (the
         first architecture's, in config order), as one global model would."""
-        union: StateDict = {}
-        for arch_state in model_state.values():
-            for k, v in arch_state.items():
-                union.setdefault(k, v)
+        union = union_state(model_state)
         return {"models": {a: {k: union[k].clone() for k in s} for a, s in model_state.items()}}
 
     @staticmethod
@@ -115,11 +112,8 @@ class InclusiveFL(HeteroFedAvg):
                              for k, v in trained[arch].items()}
         local = self._local_keys(models)
         sizes = {a: float(sum(r.weight for r in rs)) for a, rs in by_arch.items()}
-        shared: StateDict = {}
-        for key in dict.fromkeys(k for a in trained for k in trained[a]):
-            owners = [a for a in trained if key in trained[a] and key not in local[a]]
-            if owners:
-                shared[key] = weighted_average([{key: trained[a][key]} for a in owners], [sizes[a] for a in owners])[key]
+        shared = layerwise_average([{k: v for k, v in trained[a].items() if k not in local[a]} for a in trained],
+                                   [sizes[a] for a in trained])
         new_models = {}
         for arch, m in models.items():
             own = trained.get(arch, m)
