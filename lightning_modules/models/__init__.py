@@ -3,10 +3,11 @@ besides ``forward``, and ``feature_dim`` (width of ``features``) and ``num_class
 representation-based objectives (MOON, FedGen) can use them."""
 
 from lightning_modules.models.cnn import CNN
+from lightning_modules.models.lenet import LeNetCNN
 from lightning_modules.models.generator import FeatureGenerator
 from lightning_modules.models.lstm import CharLSTM, Sent140LSTM
-from lightning_modules.models.resnet20 import ResNet20
+from lightning_modules.models.resnet20 import AuthorsResNet20, ResNet20
 from lightning_modules.models.resnet_family import FAMILY_STAGES, HeteroResNet, WidthScaledResNet
 from lightning_modules.models.vgg16 import VGG16
 
-__all__ = ["HeteroResNet", "WidthScaledResNet", "FAMILY_STAGES", "CNN", "ResNet20", "VGG16", "FeatureGenerator", "CharLSTM", "Sent140LSTM"]
+__all__ = ["LeNetCNN", "AuthorsResNet20", "HeteroResNet", "WidthScaledResNet", "FAMILY_STAGES", "CNN", "ResNet20", "VGG16", "FeatureGenerator", "CharLSTM", "Sent140LSTM"]
