@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.partition import IID, Partitioner, label_distribution
 
-__all__ = ["FederatedDataModule", "IndexedTensors", "DatasetNotFoundError", "collate_batch"]
+__all__ = ["FederatedDataModule", "IndexedTensors", "ShuffledEpochs", "DatasetNotFoundError", "collate_batch"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -51,6 +51,46 @@ class IndexedTensors(Dataset):
     def __getitem__(self, position: int) -> tuple[Tensor, Tensor]:
         idx = position if self.indices is None else int(self.indices[position])
         return self.x[idx], self.y[idx]
+
+
+class ShuffledEpochs:
+    """A lean batch source for in-memory tensors: each pass is one local epoch.
+
+    Iterating yields a single item per pass: the list of the epoch's mini-batches
+    ``[(x_b, y_b), ...]``, drawn in a fresh order from ``generator`` (``torch.randperm`` over the
+    client's samples, as ``DataLoader(shuffle=True)`` draws it). The samples are gathered with one
+    index operation per epoch and split into contiguous views, so an epoch costs two tensor
+    operations instead of one DataLoader round trip per mini-batch. A trailing mini-batch of a
+    single sample is dropped (BatchNorm cannot train on one sample).
+
+    Args:
+        x: ``(N, ...)`` inputs; y: ``(N,)`` labels; indices: the client's positions into ``x``.
+        batch_size: mini-batch size B (>= 1).
+        generator: seeds the order; the same generator state gives the same epochs.
+
+    ``len()`` is 1 (one item per pass); :attr:`num_samples` is the client's sample count and
+    :attr:`num_batches` the mini-batches per epoch.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, indices, batch_size: int, generator: torch.Generator | None = None):
+        self.x, self.y = x, y
+        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.batch_size = int(batch_size)
+        self.generator = generator
+        n = len(self.indices)
+        self.keep = n - 1 if n > self.batch_size and n % self.batch_size == 1 else n
+        self.num_samples = n
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.keep // self.batch_size)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        order = self.indices[torch.randperm(self.num_samples, generator=self.generator)[: self.keep]]
+        yield list(zip(self.x[order].split(self.batch_size), self.y[order].split(self.batch_size)))
 
 
 def collate_batch(batch):
@@ -161,6 +201,14 @@ class FederatedDataModule(L.LightningDataModule):
             collate_fn=collate_batch,
             drop_last=len(dataset) > self.batch_size and len(dataset) % self.batch_size == 1,
         )
+
+    def client_batches(self, cid: int, generator: torch.Generator | None = None) -> ShuffledEpochs:
+        """Client ``cid``'s training data as a :class:`ShuffledEpochs` source (one item per local
+        epoch: that epoch's shuffled mini-batches); what the federated loop trains on. The same
+        samples and drop rule as :meth:`client_dataloader`."""
+        if not 0 <= cid < self.num_clients:
+            raise ValueError(f"client id: must be in [0, {self.num_clients}), got {cid}")
+        return ShuffledEpochs(self.x_train, self.y_train, self.client_indices[cid], self.batch_size, generator)
 
     def train_dataloader(self) -> DataLoader:
         """All training data (centralised training; not used by the federated loop)."""

@@ -1,4 +1,14 @@
-"""Local updates through one reusable ``lightning.Trainer`` and one reusable LightningModule."""
+"""Local updates through one reusable ``lightning.Trainer`` and one reusable LightningModule.
+
+Several clients share one ``Trainer.fit`` call (:meth:`LocalRunner.fit_many`): Lightning's
+per-fit setup and teardown (several milliseconds on a CPU, more than a small client's whole local
+update in cross-device settings) run once per group of clients instead of once per client. Inside
+the fit, Lightning epoch ``j`` is local epoch ``j % E`` of client ``j // E`` of the group; a
+callback swaps the clients at their first epoch (loads the dispatched weights, hands over the
+payload, clears the optimizer state, reseeds) and collects each result after its last epoch.
+Every client's update is the same, bit for bit, as if it had its own fit: its randomness comes
+from (run seed, round, client) alone.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from datamodules.base import ShuffledEpochs
 from flcore.seeding import STREAM_CLIENT, derive_seed
 from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
 
@@ -27,6 +38,9 @@ DEFAULT_LOCAL: dict[str, Any] = {
     "num_sanity_val_steps": 0,
     "limit_val_batches": 0,
 }
+
+#: ``trainer.local`` keys that the client module applies itself (manual optimization).
+_MODULE_OPTIONS = ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
 
 _NOISE = (
     r".*does not have many workers.*",
@@ -58,6 +72,87 @@ def _rewind(trainer: L.Trainer) -> None:
     trainer.should_stop = False
 
 
+class _ClientSchedule(L.Callback):
+    """Swaps the clients of one group fit at epoch boundaries (see the module docstring)."""
+
+    def __init__(self, runner: LocalRunner, tasks: list[ClientTask], rnd: int):
+        self.runner, self.tasks, self.rnd = runner, tasks, rnd
+        self.sources: dict[int, ShuffledEpochs] = {}
+        self.epochs = runner.local_epochs
+        self.current = -1  # index of the client in training
+        self.outcomes: list[ClientResult | ClientFailure] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        index = trainer.current_epoch // self.epochs
+        if index == self.current:
+            return
+        self._finish(pl_module)
+        self.current = index
+        task = self.tasks[index]
+        pl_module.net.load_state_dict(task.state)
+        pl_module.configure_client(task.payload)
+        for optimizer in trainer.optimizers:  # a fresh optimizer for every client, as in the papers
+            optimizer.state.clear()
+        _seed_local_rng(self._seed(task))
+        pl_module.on_client_start()
+
+    def _seed(self, task: ClientTask) -> int:
+        return derive_seed(self.runner.seed, self.rnd, task.cid, STREAM_CLIENT)
+
+    def source(self, index: int) -> ShuffledEpochs:
+        """Client ``index``'s batches, made when its first epoch asks for them (so that a client
+        whose data cannot be read fails as itself)."""
+        if index not in self.sources:
+            task = self.tasks[index]
+            self.sources[index] = self.runner.datamodule.client_batches(
+                task.cid, generator=torch.Generator().manual_seed(self._seed(task)))
+        return self.sources[index]
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._finish(pl_module)
+
+    def _finish(self, module) -> None:
+        """Collect the client in training (after its last epoch) as a result or a failure."""
+        if self.current < 0 or len(self.outcomes) > self.current:
+            return
+        task = self.tasks[self.current]
+        state = {k: v.detach().to("cpu", copy=True) for k, v in module.net.state_dict().items()}
+        result = ClientResult(cid=task.cid, slot=task.slot, state=state, num_samples=self.sources[self.current].num_samples,
+                              metrics=dict(module.train_metrics), payload=module.client_upload())
+        self.outcomes.append(_check_finite(result))
+
+
+def _check_finite(result: ClientResult) -> ClientResult | ClientFailure:
+    bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
+    bad += [k for k, v in result.state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        return ClientFailure(result.cid, result.slot, f"non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+    return result
+
+
+def _seed_local_rng(seed: int) -> None:
+    """Seed the generators a local update draws from (dropout, augmentation): the CPU generator,
+    and CUDA's once it is in use (``torch.manual_seed`` would also queue lazy seeding calls for
+    every accelerator backend, which costs more than a small client's step)."""
+    torch.default_generator.manual_seed(seed)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.manual_seed_all(seed)
+
+
+class _SourceChain:
+    """The group's batch sources: in Lightning epoch ``j`` it yields the next epoch of client
+    ``j // E``. Lazy, like a DataLoader: Lightning may call ``iter`` more often than it consumes."""
+
+    def __init__(self, schedule: _ClientSchedule, trainer: L.Trainer):
+        self.schedule, self.trainer = schedule, trainer
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        yield from self.schedule.source(self.trainer.current_epoch // self.schedule.epochs)
+
+
 class LocalRunner:
     """Runs clients' local updates and global evaluations.
 
@@ -70,7 +165,8 @@ class LocalRunner:
             merged over :data:`DEFAULT_LOCAL`.
         seed: run seed; client ``c`` in round ``r`` draws its batch order and any other local
             randomness from ``derive_seed(seed, r, c)``.
-        callbacks: Lightning callbacks for the local Trainer.
+        callbacks: Lightning callbacks for the local Trainer. In a group fit, ``on_fit_start`` /
+            ``on_train_start`` run once per group and the epoch hooks once per client epoch.
     """
 
     def __init__(self, module: L.LightningModule | dict[str, L.LightningModule], datamodule,
@@ -79,45 +175,59 @@ class LocalRunner:
         quiet_lightning()
         self.trainer_kwargs, self.callbacks = dict(trainer_kwargs or {}), list(callbacks or [])
         kwargs = {**DEFAULT_LOCAL, **(trainer_kwargs or {})}
+        # Client modules optimize manually (one Lightning step = one local epoch), so Lightning
+        # refuses these two; the module applies them itself (ClientModule.set_local_options).
+        local_options = {key: kwargs.pop(key) for key in _MODULE_OPTIONS if key in kwargs}
+        self.local_epochs = int(kwargs["max_epochs"])
         if callbacks:
             kwargs["callbacks"] = list(callbacks) + list(kwargs.get("callbacks") or [])
         self.trainer = L.Trainer(**kwargs)
         quiet_lightning()
         self.modules: dict[str | None, L.LightningModule] = dict(module) if isinstance(module, dict) else {None: module}
+        for m in self.modules.values():
+            m.set_local_options(**local_options)
         self.datamodule = datamodule
         self.seed = int(seed)
 
     def fit(self, task: ClientTask, rnd: int) -> ClientResult | ClientFailure:
-        """Local update of client ``task.cid``: the trained state (CPU), or a
-        :class:`ClientFailure` if training raised an ``Exception`` or produced a non-finite loss
-        or weight (interrupts such as KeyboardInterrupt propagate)."""
-        try:
-            result = self._fit(task, rnd)
-        except Exception as err:  # one client's crash must not end the run (policy: trainer)
-            text = str(err).strip().splitlines()
-            return ClientFailure(task.cid, task.slot, f"{type(err).__name__}: {text[0][:200] if text else ''}")
-        bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
-        bad += [k for k, v in result.state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-        if bad:
-            return ClientFailure(task.cid, task.slot, f"non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
-        return result
+        """Local update of client ``task.cid``: :meth:`fit_many` of one task."""
+        return self.fit_many([task], rnd)[0]
 
-    def _fit(self, task: ClientTask, rnd: int) -> ClientResult:
-        seed = derive_seed(self.seed, rnd, task.cid, STREAM_CLIENT)
-        module = self.modules[task.arch]
-        module.net.load_state_dict(task.state)
-        module.configure_client(task.payload)
-        torch.manual_seed(seed)
-        loader = self.datamodule.client_dataloader(task.cid, generator=torch.Generator().manual_seed(seed))
+    def fit_many(self, tasks: list[ClientTask], rnd: int) -> list[ClientResult | ClientFailure]:
+        """Local updates of ``tasks`` (in order), as few ``Trainer.fit`` calls as possible: one
+        per architecture. Each outcome is the trained state (CPU) or a :class:`ClientFailure` if
+        that client's training raised an ``Exception`` or produced a non-finite loss or weight;
+        the clients after a failed one still train (interrupts such as KeyboardInterrupt
+        propagate)."""
+        outcomes: dict[int, ClientResult | ClientFailure] = {}
+        for arch in dict.fromkeys(t.arch for t in tasks):
+            todo = [i for i, t in enumerate(tasks) if t.arch == arch]
+            while todo:
+                done = self._fit_group([tasks[i] for i in todo], rnd)
+                outcomes.update(zip(todo, done))
+                todo = todo[len(done):]
+        return [outcomes[i] for i in range(len(tasks))]
+
+    def _fit_group(self, tasks: list[ClientTask], rnd: int) -> list[ClientResult | ClientFailure]:
+        """One fit over ``tasks`` (one architecture). On an exception, returns the outcomes up
+        to and including the failed client; the caller fits the rest again."""
+        module = self.modules[tasks[0].arch]
+        schedule = _ClientSchedule(self, tasks, rnd)
         _rewind(self.trainer)
-        self.trainer.fit(module, train_dataloaders=loader)
-        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("train_")}
-        state = {k: v.detach().to("cpu", copy=True) for k, v in module.net.state_dict().items()}
-        module.zero_grad(set_to_none=True)  # gradients are dead now: free them (one model copy) between clients
-        return ClientResult(
-            cid=task.cid, slot=task.slot, state=state, num_samples=len(loader.dataset),
-            metrics=metrics, payload=module.client_upload(),
-        )
+        self.trainer.fit_loop.max_epochs = self.local_epochs * len(tasks)
+        self.trainer.callbacks.append(schedule)
+        try:
+            self.trainer.fit(module, train_dataloaders=_SourceChain(schedule, self.trainer))
+        except Exception as err:  # one client's crash must not end the run (policy: trainer)
+            failed = tasks[max(schedule.current, 0)]
+            text = str(err).strip().splitlines()
+            del schedule.outcomes[max(schedule.current, 0):]
+            schedule.outcomes.append(
+                ClientFailure(failed.cid, failed.slot, f"{type(err).__name__}: {text[0][:200] if text else ''}"))
+        finally:
+            self.trainer.callbacks.remove(schedule)
+            module.zero_grad(set_to_none=True)  # gradients are dead now: free them (one model copy)
+        return schedule.outcomes
 
     def evaluate(self, state, stage: str = "test", arch: str | None = None) -> dict[str, float]:
         """Test accuracy and loss of ``state`` (of architecture ``arch``) on the global test set

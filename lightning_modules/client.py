@@ -4,7 +4,18 @@ The federated trainer reuses one instance for every client: it loads the dispatc
 ``net``, hands the strategy's extra payload to :meth:`ClientModule.configure_client`, runs
 ``lightning.Trainer.fit`` for the local epochs, and reads back ``net.state_dict()`` and
 :meth:`ClientModule.client_upload`. Objectives that are "cross-entropy plus something"
-(FedProx, SCAFFOLD, MOON, ...) subclass it and override :meth:`ClientModule.training_loss`.
+(FedProx, SCAFFOLD, MOON, ...) subclass it and override :meth:`ClientModule.training_loss` (or
+:meth:`ClientModule.batch_loss` when they need more than the logits).
+
+Speed: the module uses Lightning's manual optimization, and one Lightning training step is one
+local epoch: the batch it receives is that epoch's list of mini-batches (from
+:class:`datamodules.ShuffledEpochs`, or any list of ``(x, y)`` pairs; a plain ``(x, y)`` batch from
+a DataLoader works too). Each mini-batch is one SGD step through ``manual_backward`` and the
+LightningOptimizer, so precision plugins (AMP gradient scaling), ``on_before_backward``,
+``on_after_backward`` and ``on_before_optimizer_step`` hooks behave as under automatic
+optimization, while the Trainer's per-step loop machinery (about 1 ms per step on a CPU, more
+than a small model's whole step) runs once per epoch. Gradient accumulation and clipping, which
+Lightning refuses to automate under manual optimization, are done here (:meth:`set_local_options`).
 """
 
 from __future__ import annotations
@@ -51,6 +62,12 @@ class ClientModule(L.LightningModule):
         self.num_classes = num_classes
         self.loss_mean = MeanMetric()
         self.acc = MulticlassAccuracy(num_classes=num_classes or 2, average="micro")
+        self.automatic_optimization = False  # one Lightning step = one local epoch (module docstring)
+        self.accumulate_grad_batches = 1
+        self.gradient_clip_val: float | None = None
+        self.gradient_clip_algorithm = "norm"
+        self._epoch_records: list[tuple[Tensor, Tensor, Tensor]] = []
+        self.train_metrics: dict[str, float] = {}
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -82,6 +99,13 @@ class ClientModule(L.LightningModule):
         client between its rounds (SCAFFOLD's control variate, MOON's previous model); it is not
         counted as communication. The base objective needs none."""
 
+    def on_client_start(self) -> None:
+        """Called at the start of every client's local update, inside the fit, after
+        :meth:`configure_client`: the net holds the dispatched weights, the optimizer exists (with
+        cleared state) and the module is on its device. Objectives that prepare per-client
+        tensors on the device (FedProx's anchor, SCAFFOLD's correction) do it here: one fit may
+        train several clients, so ``on_train_start`` runs once per group, not per client."""
+
     def client_upload(self) -> dict[str, Any]:
         """Extra data to send to the server after training (e.g. SCAFFOLD's control-variate
         change); a ``"client_state"`` entry is kept for the client's next round, not sent."""
@@ -105,18 +129,80 @@ class ClientModule(L.LightningModule):
         return loss
 
     def _record(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
-        """Accumulate the epoch's sample-weighted loss and accuracy (logged at epoch end)."""
-        self.loss_mean.update(loss.detach(), weight=y.numel())
-        self.acc.update(logits.detach(), y)
+        """Keep a mini-batch's loss, predicted classes and labels; the TorchMetrics states are
+        updated once per epoch (:meth:`_log_epoch`), not once per step."""
+        self._epoch_records.append((loss.detach(), logits.detach().argmax(1), y))
+
+    def _flush_records(self) -> None:
+        if not self._epoch_records:
+            return
+        losses, preds, ys = zip(*self._epoch_records)
+        self._epoch_records = []
+        sizes = torch.tensor([len(y) for y in ys], dtype=torch.float32, device=losses[0].device)
+        self.loss_mean.update(torch.stack(losses).float(), weight=sizes)
+        self.acc.update(torch.cat(preds), torch.cat(ys))
 
     def _log_epoch(self, stage: str) -> None:
-        self.log(f"{stage}_loss", self.loss_mean.compute(), prog_bar=False)
-        self.log(f"{stage}_acc", self.acc.compute(), prog_bar=False)
+        """Training: keep the epoch's means in :attr:`train_metrics` (read by the federated side;
+        ``self.log`` per epoch would cost more than a small client's step). Validation and test:
+        ``self.log``."""
+        self._flush_records()
+        loss, acc = self.loss_mean.compute(), self.acc.compute()
+        if stage == "train":
+            self.train_metrics = {"train_loss": float(loss), "train_acc": float(acc)}
+        else:
+            self.log(f"{stage}_loss", loss, prog_bar=False)
+            self.log(f"{stage}_acc", acc, prog_bar=False)
         self.loss_mean.reset()
         self.acc.reset()
 
-    def training_step(self, batch, batch_idx):
+    def set_local_options(self, accumulate_grad_batches: int = 1, gradient_clip_val: float | None = None,
+                          gradient_clip_algorithm: str = "norm") -> None:
+        """Gradient accumulation (optimizer step every ``accumulate_grad_batches`` mini-batches and
+        at the end of each epoch, with the loss divided by the group size) and clipping (Lightning's
+        ``clip_gradients``, after AMP unscaling, in :meth:`on_before_optimizer_step`), as the
+        ``trainer.local`` keys of the same names. Set by the federated trainer."""
+        self.accumulate_grad_batches = int(accumulate_grad_batches)
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+
+    def batch_loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        """The local objective on one mini-batch ``(x (B, ...), y (B,))``; records the batch's
+        metrics. Subclasses that need more than the logits (MOON, FedGen) override this."""
         return self._common_step(batch, "train")
+
+    def local_step(self, batch: tuple[Tensor, Tensor], optimizer, first: bool, last: bool, scale: float) -> Tensor:
+        """One mini-batch of a local epoch: backward of ``batch_loss * scale``; the optimizer steps
+        when ``last`` (end of an accumulation group) and gradients are cleared when ``first``.
+        Objectives that combine several gradients by hand (FedIN) override this."""
+        if first:
+            optimizer.zero_grad(set_to_none=True)
+        loss = self.batch_loss(batch)
+        self.manual_backward(loss * scale if scale != 1.0 else loss)
+        if last:
+            optimizer.step()
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        """One local epoch: ``batch`` is the epoch's list of ``(x, y)`` mini-batches (a single
+        ``(x, y)`` pair is one mini-batch). Returns the last mini-batch's loss."""
+        batches = [batch] if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor) else batch
+        optimizer = self.optimizers()
+        k, n = self.accumulate_grad_batches, len(batches)
+        loss = None
+        for i, mb in enumerate(batches):
+            start = i - i % k
+            group = min(k, n - start)
+            loss = self.local_step(mb, optimizer, first=i == start, last=i == start + group - 1, scale=1.0 / group)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Gradient clipping (``set_local_options``); runs after AMP unscaling. Subclasses that edit
+        gradients here call ``super()`` last, so clipping sees the edited gradients (as Lightning
+        clips after this hook under automatic optimization)."""
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
+                                gradient_clip_algorithm=self.gradient_clip_algorithm)
 
     def validation_step(self, batch, batch_idx):
         self._common_step(batch, "val")
@@ -125,6 +211,7 @@ class ClientModule(L.LightningModule):
         self._common_step(batch, "test")
 
     def on_train_epoch_start(self) -> None:
+        self._epoch_records = []
         self.loss_mean.reset()
         self.acc.reset()
 

@@ -76,7 +76,8 @@ class FedGenModule(ClientModule):
         super().on_train_epoch_start()
         self.label_counts.zero_()
 
-    def training_step(self, batch, batch_idx):
+    def batch_loss(self, batch):
+        """Cross-entropy plus FedGen's generated-feature teacher and latent KL terms (one mini-batch)."""
         x, y = batch
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -126,6 +126,8 @@ class FedINModule(FedProxModule):
         if not (hasattr(self.net, "extractor") and hasattr(self.net, "intermediate")):
             raise ValueError("model.net: FedIN needs extractor / intermediate / classifier sub-modules "
                              "(e.g. lightning_modules.models.HeteroResNet)")
+        if local.get("accumulate_grad_batches", 1) != 1:
+            raise ValueError("trainer.local.accumulate_grad_batches: FedIN combines two gradients every step; must be 1")
         if str(local.get("precision", "32")).startswith("16"):
             raise ValueError("trainer.local.precision: FedIN combines two gradients by hand; use 32 or bf16-mixed, "
                              "not fp16 with gradient scaling")
@@ -138,13 +140,15 @@ class FedINModule(FedProxModule):
             sizes = [int(n) for n in feats["batch_sizes"]]
             self._server = list(zip(feats["s_in"].split(sizes), feats["s_out"].split(sizes)))
 
-    def on_train_start(self) -> None:
-        super().on_train_start()
+    def on_client_start(self) -> None:
+        super().on_client_start()
         self._server = [(i.to(self.device), o.to(self.device)) for i, o in self._server]
 
-    def training_step(self, batch, batch_idx):
+    def local_step(self, batch, optimizer, first, last, scale):
+        """One step: G_local from Eq. 3, G_IN from Eq. 7 on the next server batch, the intermediate
+        layers step with G_local + Z (Eq. 12/13). Accumulation is refused (check_local_config)."""
         x, y = batch
-        opt = self.optimizers()
+        opt = optimizer
         opt.zero_grad()
         logits = self(x)
         loss = self.training_loss(logits, y, x)  # Eq. 3

@@ -36,6 +36,7 @@ class FedNovaModule(ClientModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         self._steps += 1
+        super().on_before_optimizer_step(optimizer)
 
     def client_upload(self) -> dict[str, Any]:
         group = self.trainer.optimizers[0].param_groups[0]

@@ -38,7 +38,7 @@ class FedProxModule(ClientModule):
     def configure_client(self, payload: dict[str, Any]) -> None:
         self._anchor = [p.detach().clone() for p in self.net.parameters()]
 
-    def on_train_start(self) -> None:
+    def on_client_start(self) -> None:
         self._anchor = [a.to(p.device) for a, p in zip(self._anchor, self.net.parameters())]
 
     def proximal_term(self) -> Tensor:

@@ -109,7 +109,8 @@ class MoonModule(ClientModule):
                 frozen.eval()
         return self
 
-    def training_step(self, batch, batch_idx):
+    def batch_loss(self, batch):
+        """Cross-entropy plus mu times the model-contrastive loss (MOON Eq. 3) on one mini-batch."""
         x, y = batch
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -58,7 +58,7 @@ class ScaffoldModule(ClientModule):
         self._x = [p.detach().clone() for _, p in named]
         self._steps = 0
 
-    def on_train_start(self) -> None:
+    def on_client_start(self) -> None:
         dev = next(self.net.parameters()).device
         self._c, self._ci, self._x = ([t.to(dev) for t in ts] for ts in (self._c, self._ci, self._x))
         self._correction = [c - ci for c, ci in zip(self._c, self._ci)]
@@ -69,6 +69,7 @@ class ScaffoldModule(ClientModule):
             if p.grad is not None:
                 p.grad.add_(corr)
         self._steps += 1
+        super().on_before_optimizer_step(optimizer)
 
     def client_upload(self) -> dict[str, Any]:
         if self._steps == 0:

@@ -13,8 +13,8 @@ class StepCounter(L.Callback):
         self.steps = 0
         self.optimizers = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.steps += 1
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.steps += 1  # one optimizer step per mini-batch
 
     def on_train_start(self, trainer, pl_module):
         self.optimizers.append(id(trainer.optimizers[0]))
@@ -31,7 +31,8 @@ def test_reused_trainer_runs_exact_local_epochs_each_time():
     for rnd, cid in enumerate([0, 1, 2]):
         before = counter.steps
         res = runner.fit(ClientTask(cid=cid, state=init), rnd)
-        batches = -(-dm.client_sizes[cid] // 20)
+        n = dm.client_sizes[cid]
+        batches = -(-(n - (n % 20 == 1)) // 20)  # a trailing single-sample batch is dropped
         assert counter.steps - before == 3 * batches
         assert res.num_samples == dm.client_sizes[cid]
         assert "train_loss" in res.metrics
@@ -51,3 +52,76 @@ def test_local_update_is_a_function_of_seed_round_client():
     c = runner.fit(ClientTask(cid=4, state=init), 3)
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
     assert not all(torch.equal(a.state[k], c.state[k]) for k in a.state)
+
+
+def _runner(epochs=2, **local):
+    dm = Digits(num_clients=10, batch_size=20, seed=0)
+    dm.setup()
+    module = ClientModule(CNN(1, 10, 8), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    return dm, module, LocalRunner(module, dm, {"max_epochs": epochs, **local}, seed=1)
+
+
+def test_group_fit_equals_one_fit_per_client():
+    """Several clients in one Trainer.fit train exactly as with one fit each (weights loaded,
+    momentum cleared and RNG reseeded per client)."""
+    dm, module, runner = _runner()
+    init = {k: v.clone() for k, v in module.net.state_dict().items()}
+    tasks = [ClientTask(cid=c, state=init, slot=i) for i, c in enumerate([3, 0, 7])]
+    group = runner.fit_many(tasks, 4)
+    single = [runner.fit(t, 4) for t in tasks]
+    for g, s in zip(group, single):
+        assert (g.cid, g.slot, g.num_samples) == (s.cid, s.slot, s.num_samples)
+        assert all(torch.equal(g.state[k], s.state[k]) for k in s.state)
+        assert g.metrics == s.metrics
+
+
+class _Unreadable(Digits):
+    def client_batches(self, cid, generator=None):
+        if cid == 0:
+            raise OSError("client 0 is unreadable")
+        return super().client_batches(cid, generator)
+
+
+def test_group_fit_isolates_a_failing_client():
+    dm = _Unreadable(num_clients=10, batch_size=20, seed=0)
+    dm.setup()
+    module = ClientModule(CNN(1, 10, 8))
+    runner = LocalRunner(module, dm, {"max_epochs": 1}, seed=1)
+    init = {k: v.clone() for k, v in module.net.state_dict().items()}
+    tasks = [ClientTask(cid=c, state=init, slot=i) for i, c in enumerate([3, 0, 7])]
+    out = runner.fit_many(tasks, 0)
+    assert out[1].reason == "OSError: client 0 is unreadable"
+    alone = runner.fit(tasks[2], 0)
+    assert all(torch.equal(out[2].state[k], alone.state[k]) for k in alone.state)
+    assert out[0].num_samples == dm.client_sizes[3]
+
+
+def test_gradient_accumulation_over_the_epoch_is_one_full_batch_step():
+    """accumulate_grad_batches = batches per epoch: one SGD step on the mean of the (equal-size)
+    mini-batch losses, i.e. w - lr * grad of the full-client loss (hand-computed)."""
+    dm = Digits(num_clients=1, batch_size=40, seed=0)
+    dm.setup()
+    dm.client_indices = [dm.client_indices[0][:80]]  # two full mini-batches
+    net = CNN(1, 10, 8, channels=(2, 4), hidden=8)
+    module = ClientModule(net, optimizer=lambda p: torch.optim.SGD(p, lr=0.1))
+    runner = LocalRunner(module, dm, {"max_epochs": 1, "accumulate_grad_batches": 2}, seed=0)
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    res = runner.fit(ClientTask(cid=0, state=init), 0)
+    net.load_state_dict(init)
+    net.zero_grad()
+    idx = torch.as_tensor(dm.client_indices[0])
+    torch.nn.functional.cross_entropy(net(dm.x_train[idx]), dm.y_train[idx]).backward()
+    for name, p in net.named_parameters():
+        assert torch.allclose(res.state[name], init[name] - 0.1 * p.grad, atol=1e-6)
+
+
+def test_gradient_clipping_bounds_each_step():
+    dm = Digits(num_clients=10, batch_size=400, seed=0)
+    dm.setup()
+    net = CNN(1, 10, 8)
+    module = ClientModule(net, optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+    runner = LocalRunner(module, dm, {"max_epochs": 1, "gradient_clip_val": 1e-3}, seed=0)
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    res = runner.fit(ClientTask(cid=2, state=init), 0)  # one mini-batch: one step
+    step = torch.cat([(res.state[n] - init[n]).flatten() for n, _ in net.named_parameters()])
+    assert 0 < step.norm() <= 1e-3 * (1 + 1e-4)

@@ -32,13 +32,13 @@ KILLER = textwrap.dedent("""
     mode, n = sys.argv[1], int(sys.argv[2])
     calls = [0]
     if mode == "fit":  # killed inside the n-th local update, mid-round
-        orig = flcore.local.LocalRunner._fit
-        def _fit(self, task, rnd):
+        orig = flcore.local._seed_local_rng  # called once at the start of every local update
+        def seed(s):
             calls[0] += 1
             if calls[0] == n:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return orig(self, task, rnd)
-        flcore.local.LocalRunner._fit = _fit
+            return orig(s)
+        flcore.local._seed_local_rng = seed
     else:  # killed half-way through writing the n-th checkpoint file
         orig_save = flcore.checkpoint.torch.save
         def save(obj, f, *a, **k):
@@ -172,16 +172,15 @@ class FaultyDigits(Digits):
         super().__init__(**kw)
         self.faults = faults
 
-    def client_dataloader(self, cid, generator=None):
+    def client_batches(self, cid, generator=None):
         kind = self.faults.get(cid)
         if kind == "raise":
             raise RuntimeError(f"client {cid} storage is unreadable")
-        loader = super().client_dataloader(cid, generator)
+        source = super().client_batches(cid, generator)
         if kind == "nan":
-            x, y = loader.dataset.x.clone(), loader.dataset.y
-            x[loader.dataset.indices] = float("nan")
-            loader.dataset.x = x
-        return loader
+            source.x = source.x.clone()
+            source.x[source.indices] = float("nan")
+        return source
 
 
 def _fit(strategy, faults, tmp_path, policy="drop", rounds=2, k=4):
@@ -244,15 +243,15 @@ def test_sigterm_checkpoints_last_completed_round(tmp_path, monkeypatch):
     import flcore.local
 
     calls = [0]
-    orig = flcore.local.LocalRunner._fit
+    orig = flcore.local._seed_local_rng  # called once at the start of every local update
 
-    def fit_then_sigterm(self, task, rnd):
+    def seed_then_sigterm(seed):
         calls[0] += 1
         if calls[0] == 6:  # round 2, second client
             os.kill(os.getpid(), signal.SIGTERM)
-        return orig(self, task, rnd)
+        return orig(seed)
 
-    monkeypatch.setattr(flcore.local.LocalRunner, "_fit", fit_then_sigterm)
+    monkeypatch.setattr(flcore.local, "_seed_local_rng", seed_then_sigterm)
     with pytest.raises(RunInterrupted) as info:
         _fit(FedAvg(), {}, tmp_path, rounds=3)
     assert info.value.signum == signal.SIGTERM and "round 1" in str(info.value)

@@ -10,7 +10,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-from flcore.executors.base import Executor
+from flcore.executors.base import Executor, balanced_chunks
 from flcore.local import LocalRunner
 from flcore.strategies.base import ClientFailure, ClientResult
 
@@ -34,8 +34,9 @@ def _init_worker(module_bytes: bytes, datamodule, trainer_kwargs, seed, callback
 
 
 def _fit_in_worker(blob: bytes, rnd: int) -> bytes:
+    """A chunk of tasks in one group fit (pickled list in, pickled list of outcomes out)."""
     assert _WORKER is not None
-    return pickle.dumps(_WORKER.fit(pickle.loads(blob), rnd))
+    return pickle.dumps(_WORKER.fit_many(pickle.loads(blob), rnd))
 
 
 class ProcessPoolExecutor(Executor):
@@ -43,8 +44,10 @@ class ProcessPoolExecutor(Executor):
 
     Workers start with ``start_method`` (default ``spawn``: a fresh interpreter that receives the
     module and the loaded data once, at start; ``fork`` can deadlock once the parent has run
-    OpenMP threads); each builds its own reusable Lightning Trainer. Tasks and results cross
-    as pickled bytes. Every local update draws its randomness from (run seed, round, client), so
+    OpenMP threads); each builds its own reusable Lightning Trainer. Each round the tasks are
+    split into ``num_workers`` chunks of about equal sample count
+    (:func:`~flcore.executors.base.balanced_chunks`); a worker trains its chunk in one group fit
+    (:meth:`LocalRunner.fit_many`). Tasks and results cross as pickled bytes. Every local update draws its randomness from (run seed, round, client), so
     the results equal the sequential executor's bit for bit when both use the same number of
     torch threads per process. A worker that dies makes its clients fail for that round (the
     trainer's ``on_client_failure`` policy applies) and the pool is rebuilt. CPU only: with a GPU
@@ -68,21 +71,39 @@ class ProcessPoolExecutor(Executor):
         self.num_workers, self.threads_per_worker, self.start_method = num_workers, threads_per_worker, start_method
         self._pool: _Pool | None = None
 
-    def run(self, rnd, tasks, runner):
+    def _ensure_pool(self, runner) -> _Pool:
         if self._pool is None:
             self._pool = _Pool(self.num_workers, mp_context=multiprocessing.get_context(self.start_method),
                                initializer=_init_worker,
                                initargs=(pickle.dumps(runner.modules), runner.datamodule, runner.trainer_kwargs, runner.seed,
                                          runner.callbacks, self.threads_per_worker))
-        futures = [self._pool.submit(_fit_in_worker, pickle.dumps(t), rnd) for t in tasks]
-        out: list[ClientResult | ClientFailure] = []
-        for task, fut in zip(tasks, futures):
+        return self._pool
+
+    def run(self, rnd, tasks, runner):
+        """One chunk per worker. If a worker dies, the pool is rebuilt and the clients of every
+        chunk it broke are run again one at a time, so that only the client whose update kills a
+        worker fails (its result would not differ: a client's update does not depend on its chunk)."""
+        sizes = runner.datamodule.client_sizes
+        chunks = balanced_chunks([sizes[t.cid] for t in tasks], self.num_workers)
+        pool = self._ensure_pool(runner)
+        futures = [pool.submit(_fit_in_worker, pickle.dumps([tasks[i] for i in chunk]), rnd) for chunk in chunks]
+        out: list[ClientResult | ClientFailure | None] = [None] * len(tasks)
+        retry: list[int] = []
+        for chunk, fut in zip(chunks, futures):
             try:
-                out.append(pickle.loads(fut.result()))
+                for i, outcome in zip(chunk, pickle.loads(fut.result())):
+                    out[i] = outcome
             except BrokenProcessPool:
-                out.append(ClientFailure(task.cid, task.slot, "worker process died"))
-        if any(isinstance(o, ClientFailure) and o.reason == "worker process died" for o in out):
+                retry.extend(chunk)
+        if retry:
             self.close(broken=True)
+        for i in retry:  # one at a time: a death now names its client
+            try:
+                out[i] = pickle.loads(self._ensure_pool(runner).submit(_fit_in_worker, pickle.dumps([tasks[i]]), rnd)
+                                      .result())[0]
+            except BrokenProcessPool:
+                out[i] = ClientFailure(tasks[i].cid, tasks[i].slot, "worker process died")
+                self.close(broken=True)
         return out
 
     def close(self, broken: bool = False) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from flcore.executors.base import Executor
+from flcore.executors.base import Executor, balanced_chunks
 from flcore.local import LocalRunner
 from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
 
@@ -57,10 +57,16 @@ class _ClientWorker:
             setattr(recipe, key, value)  # the driver's partition, exactly
         self.runner = LocalRunner(pickle.loads(module_bytes), recipe, trainer_kwargs, seed, callbacks)
 
-    def fit(self, task: ClientTask, state, rnd: int) -> ClientResult | ClientFailure:
+    def fit_many(self, calls: list[tuple[ClientTask, Any]], rnd: int) -> list[ClientResult | ClientFailure]:
+        """A chunk of ``(task, state or its ObjectRef)`` in one group fit."""
         ray = _ray()
-        payload = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in task.payload.items()}
-        out = self.runner.fit(dataclasses.replace(task, state=state, payload=payload), rnd)
+
+        def get(v):
+            return ray.get(v) if isinstance(v, ray.ObjectRef) else v
+
+        tasks = [dataclasses.replace(task, state=get(state), payload={k: get(v) for k, v in task.payload.items()})
+                 for task, state in calls]
+        out = self.runner.fit_many(tasks, rnd)
         if torch.cuda.is_available():  # an idle actor holds no cached accelerator memory between tasks
             torch.cuda.empty_cache()
         return out
@@ -80,13 +86,16 @@ class RayExecutor(Executor):
       datamodule's config; the driver's partition travels as client index arrays.
     * Per round, a state_dict (or payload tensor) shared by several clients is put into Ray's
       object store once (FedAvg's global model: once per round, not once per client).
-    * Tasks go to whichever actor is idle; results come back in task order. Every local update
+    * Each round the tasks are split into one chunk per actor, of about equal sample count
+      (:func:`~flcore.executors.base.balanced_chunks`); an actor trains its chunk in one group
+      fit (:meth:`LocalRunner.fit_many`); results come back in task order. Every local update
       draws its randomness from (run seed, round, client), so results equal the sequential
       executor's bit for bit at the same torch threads per process.
     * After each task an actor empties PyTorch's CUDA cache (Lightning has already moved the
       module back to the CPU), so idle actors hold no accelerator memory.
-    * An actor that dies (killed, out of memory, node lost) makes its client a
-      :class:`ClientFailure` under the trainer's ``on_client_failure`` policy, and is replaced.
+    * An actor that dies (killed, out of memory, node lost) is replaced, and its chunk's clients
+      run again one at a time: only a client whose update kills an actor becomes a
+      :class:`ClientFailure` (the trainer's ``on_client_failure`` policy applies).
 
     Args:
         num_workers: actors (>= 1).
@@ -160,20 +169,27 @@ class RayExecutor(Executor):
             calls.append((dataclasses.replace(t, state={}, payload=payload), shared(t.state)))
 
         out: list[ClientResult | ClientFailure | None] = [None] * len(tasks)
-        queue, idle, pending = deque(range(len(tasks))), list(self._actors), {}
+        sizes = runner.datamodule.client_sizes
+        chunks = balanced_chunks([sizes[t.cid] for t in tasks], len(self._actors))
+        queue, idle, pending = deque(chunks), list(self._actors), {}
         while queue or pending:
             while queue and idle:
-                i, actor = queue.popleft(), idle.pop()
-                pending[actor.fit.remote(calls[i][0], calls[i][1], rnd)] = (i, actor)
+                chunk, actor = queue.popleft(), idle.pop()
+                pending[actor.fit_many.remote([calls[i] for i in chunk], rnd)] = (chunk, actor)
             (ref,), _ = ray.wait(list(pending), num_returns=1)
-            i, actor = pending.pop(ref)
+            chunk, actor = pending.pop(ref)
             try:
-                out[i] = ray.get(ref)
+                for i, outcome in zip(chunk, ray.get(ref)):
+                    out[i] = outcome
                 idle.append(actor)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError) as err:
-                lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-                why = lines[-1][:200] if lines else type(err).__name__
-                out[i] = ClientFailure(tasks[i].cid, tasks[i].slot, f"Ray worker died ({type(err).__name__}: {why})")
+                if len(chunk) > 1:  # run its clients again one at a time: only the one that kills an actor fails
+                    queue.extendleft([i] for i in reversed(chunk))
+                else:
+                    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+                    why = lines[-1][:200] if lines else type(err).__name__
+                    out[chunk[0]] = ClientFailure(tasks[chunk[0]].cid, tasks[chunk[0]].slot,
+                                                  f"Ray worker died ({type(err).__name__}: {why})")
                 self._replace(actor)
                 idle.append(self._actors[-1])
         return out
