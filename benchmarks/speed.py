@@ -17,6 +17,18 @@ Four sections (``--sections``), each printed as a table and written to ``--out``
 4. ``rounds``: median seconds per round (evaluation excluded) of the accuracy benchmark's
    Fashion-MNIST CNN workload (100 clients, 10 per round, 5 local epochs, batch 50) for each
    executor. Flower's simulation is compared if ``flwr`` is installed (it is not a dependency).
+5. ``round``: whole FedAvg rounds, flcore's trainer round (sampling, dispatch, the local updates
+   through the reusable Lightning Trainer, aggregation; evaluation excluded) against a
+   hand-written PyTorch round on the same clients (load the global weights, a fresh SGD, E epochs
+   of shuffled mini-batches indexed from the in-memory tensors, sample-weighted average), in one
+   process, alternating which goes first, median over rounds. Cases: FedAvg CNN (E = 2) and the
+   authors' LeNet CNN (E = 5) on Fashion-MNIST (100 clients Dir(0.1), 10 per round, B = 50);
+   a 64-32-10 MLP on Digits (20 clients Dir(0.5), 10 per round, E = 5, B = 20); and a
+   cross-device case (LeNet, 1,000 clients of 20 Fashion-MNIST samples, 100 per round, E = 1,
+   B = 20). Targets (hand / flcore): >= 0.95, 0.95, 0.9, 0.8.
+6. ``scaling``: LeNet-CNN rounds per second of the process pool and Ray with 2 workers x 1 thread
+   against 1 worker x 1 thread (and the sequential executor at 1 and 2 threads), Fashion-MNIST,
+   100 clients Dir(0.1), 10 per round, E = 5. Target >= 1.7x.
 
 Scaled-down by default to fit a few minutes on 2 CPU cores (stated in the output); ``--full``
 uses the issue's sizes (local: 10 clients x 500 samples x 5 epochs; rounds: 5 local epochs).
@@ -57,7 +69,7 @@ from flcore.local import LocalRunner  # noqa: E402
 from flcore.strategies import FedCross, FedMR  # noqa: E402
 from flcore.strategies.base import ClientTask  # noqa: E402
 from lightning_modules import ClientModule  # noqa: E402
-from lightning_modules.models import CNN, VGG16, ResNet20  # noqa: E402
+from lightning_modules.models import CNN, VGG16, LeNetCNN, ResNet20  # noqa: E402
 
 
 class Synthetic(FederatedDataModule):
@@ -277,6 +289,150 @@ def section_rounds(args) -> list[dict]:
     return rows
 
 
+# ---------------------------------------------------------------------------- whole rounds
+def _fmnist(num_clients: int, partition, batch_size: int, train_samples: int | None = None):
+    from datamodules import FashionMNIST
+
+    class Sub(FashionMNIST):
+        def load(self):
+            x, y, xt, yt = super().load()
+            return (x, y, xt, yt) if train_samples is None else (x[:train_samples], y[:train_samples], xt, yt)
+
+    return Sub(root=str(ROOT / "data"), num_clients=num_clients, partition=partition, batch_size=batch_size)
+
+
+def _digits_mlp_case():
+    from datamodules import Digits
+    from datamodules.partition import Dirichlet
+
+    return Digits(num_clients=20, partition=Dirichlet(0.5), batch_size=20), TinyMLP, 10, 5, False
+
+
+def round_cases(names: list[str]) -> dict:
+    """name -> (datamodule, net factory, clients per round, local epochs, channels-last)."""
+    from datamodules.partition import IID, Dirichlet
+
+    cases = {
+        "FedAvg CNN E=2": lambda: (_fmnist(100, Dirichlet(0.1), 50), lambda: CNN(1, 10, 28), 10, 2, True),
+        "LeNet CNN E=5": lambda: (_fmnist(100, Dirichlet(0.1), 50), lambda: LeNetCNN(1, 10, 28), 10, 5, False),
+        "MLP 64-32-10 Digits E=5": _digits_mlp_case,
+        "cross-device LeNet 1000x20": lambda: (_fmnist(1000, IID(), 20, train_samples=20_000),
+                                               lambda: LeNetCNN(1, 10, 28), 100, 1, False),
+    }
+    return {n: cases[n] for n in names}
+
+
+ROUND_TARGETS = {"FedAvg CNN E=2": 0.95, "LeNet CNN E=5": 0.95, "MLP 64-32-10 Digits E=5": 0.9,
+                 "cross-device LeNet 1000x20": 0.8}
+
+
+def hand_round(net, dm, clients, state, epochs, channels_last):
+    """A hand-written FedAvg round: :func:`hand_loop` plus the sample-weighted average."""
+    states = hand_loop(net, dm, clients, state, epochs, channels_last)
+    return weighted_average(states, [float(len(dm.client_indices[c])) for c in clients])
+
+
+def _flcore_round_driver(dm, make, k, epochs, cl, executor=None):
+    """flcore's own trainer round (``FederatedTrainer._round``: sampling, configure_fit, the
+    executor, failure policy, aggregation, round metrics; evaluation excluded), set up as ``fit``
+    sets it up. Returns (run_round(r) -> clients, close)."""
+    from flcore.seeding import STREAM_SAMPLER, round_rng
+    from flcore.strategies import FedAvg
+    from flcore.trainer import FederatedTrainer
+
+    net = make()
+    trainer = FederatedTrainer(strategy=FedAvg(), clients_per_round=k, eval_every=10**9, rounds=10**6,
+                               local={"max_epochs": epochs, "accelerator": "cpu"},
+                               executor=executor or SequentialExecutor())
+    module = ClientModule(net, optimizer=_sgd, channels_last=cl)
+    trainer._check(module, dm)
+    runner = LocalRunner(module, dm, trainer.local, seed=0)
+    trainer.sampler.setup(dm.client_sizes)
+    box = {"state": trainer.strategy.initialize({k_: v.clone() for k_, v in net.state_dict().items()}, k)}
+
+    def run_round(r):
+        box["state"], _ = trainer._round(r, box["state"], runner, dm, 0)
+        return trainer.sampler.sample(r, dm.num_clients, k, round_rng(0, r, STREAM_SAMPLER))
+
+    return run_round, trainer.executor.close
+
+
+def section_round(args) -> list[dict]:
+    rows = []
+    for name, make_case in round_cases(args.round_cases).items():
+        dm, make, k, epochs, cl = make_case()
+        dm.setup("fit")
+        run_round, close = _flcore_round_driver(dm, make, k, epochs, cl)
+        hand_net = make().to(memory_format=torch.channels_last) if cl else make()
+        hand_state = {key: v.clone() for key, v in hand_net.state_dict().items()}
+        clients = run_round(0)  # warm-up: Lightning builds its loops in the first fit
+        hand_round(hand_net, dm, clients, hand_state, epochs, cl)
+        t_fl, t_hand = [], []
+        for r in range(1, args.round_repeats + 1):
+            for first in ((0, 1) if r % 2 else (1, 0)):
+                t0 = time.perf_counter()
+                if first == 0:
+                    clients = run_round(r)
+                    t_fl.append(time.perf_counter() - t0)
+                else:
+                    from flcore.seeding import STREAM_SAMPLER, round_rng
+                    from flcore.samplers import UniformSampler
+
+                    same = UniformSampler().sample(r, dm.num_clients, k, round_rng(0, r, STREAM_SAMPLER))
+                    t0 = time.perf_counter()
+                    hand_state = hand_round(hand_net, dm, same, hand_state, epochs, cl)
+                    t_hand.append(time.perf_counter() - t0)
+        close()
+        fl, hand = statistics.median(t_fl), statistics.median(t_hand)
+        rows.append({"case": name, "rounds": len(t_fl), "flcore_s_per_round": fl, "hand_s_per_round": hand,
+                     "ratio": hand / fl, "target": ROUND_TARGETS[name], "torch_threads": torch.get_num_threads()})
+        _print_row(rows[-1], ["case", "rounds", "flcore_s_per_round", "hand_s_per_round", "ratio", "target"])
+    return rows
+
+
+def section_scaling(args) -> list[dict]:
+    """LeNet-CNN rounds per second: parallel executors at 2 workers x 1 thread vs 1 x 1."""
+    from datamodules.partition import Dirichlet
+    from flcore.executors import ProcessPoolExecutor
+
+    makers = {
+        "sequential 1 thread": (lambda: SequentialExecutor(), 1),
+        "sequential 2 threads": (lambda: SequentialExecutor(), 2),
+        "process pool 1 x 1": (lambda: ProcessPoolExecutor(1, 1), 1),
+        "process pool 2 x 1": (lambda: ProcessPoolExecutor(2, 1), 1),
+    }
+    if importlib.util.find_spec("ray") is not None:
+        from flcore.executors import RayExecutor
+
+        makers["Ray 1 x 1"] = (lambda: RayExecutor(num_workers=1, num_cpus_per_worker=1), 1)
+        makers["Ray 2 x 1"] = (lambda: RayExecutor(num_workers=2, num_cpus_per_worker=1), 1)
+    dm = _fmnist(100, Dirichlet(0.1), 50)
+    dm.setup("fit")
+    threads = torch.get_num_threads()
+    rows = []
+    for name, (make_executor, n_threads) in makers.items():
+        torch.set_num_threads(n_threads)
+        run_round, close = _flcore_round_driver(dm, lambda: LeNetCNN(1, 10, 28), 10, 5, False, make_executor())
+        run_round(0)  # worker start-up
+        times = []
+        for r in range(1, args.round_repeats + 1):
+            t0 = time.perf_counter()
+            run_round(r)
+            times.append(time.perf_counter() - t0)
+        close()
+        rows.append({"executor": name, "rounds": len(times), "median_s_per_round": statistics.median(times),
+                     "rounds_per_s": 1 / statistics.median(times), "total_s": sum(times)})
+        _print_row(rows[-1], ["executor", "rounds", "median_s_per_round", "rounds_per_s", "total_s"])
+    torch.set_num_threads(threads)
+    by = {r["executor"]: r for r in rows}
+    for kind in ("process pool", "Ray"):
+        if f"{kind} 2 x 1" in by:
+            speedup = by[f"{kind} 1 x 1"]["total_s"] / by[f"{kind} 2 x 1"]["total_s"]
+            rows.append({"executor": f"{kind}: 2 x 1 over 1 x 1 (same rounds)", "speedup": speedup, "target": 1.7})
+            _print_row(rows[-1], ["executor", "speedup", "target"])
+    return rows
+
+
 def _print_row(row: dict, keys: list[str]) -> None:
     parts = []
     for key in keys:
@@ -287,8 +443,10 @@ def _print_row(row: dict, keys: list[str]) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", nargs="+", default=["local", "server", "memory", "rounds"],
-                   choices=["local", "server", "memory", "rounds"])
+    p.add_argument("--sections", nargs="+", default=["local", "server", "memory", "rounds", "round", "scaling"],
+                   choices=["local", "server", "memory", "rounds", "round", "scaling"])
+    p.add_argument("--round-cases", nargs="+", default=list(ROUND_TARGETS), choices=list(ROUND_TARGETS))
+    p.add_argument("--round-repeats", type=int, default=8, help="rounds per case in the round and scaling sections")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--full", action="store_true", help="the issue's sizes (slow on CPU)")
     p.add_argument("--k", type=int, default=10, help="models in the server and memory sections")

@@ -3,9 +3,11 @@
 Several clients share one ``Trainer.fit`` call (:meth:`LocalRunner.fit_many`): Lightning's
 per-fit setup and teardown (several milliseconds on a CPU, more than a small client's whole local
 update in cross-device settings) run once per group of clients instead of once per client. Inside
-the fit, Lightning epoch ``j`` is local epoch ``j % E`` of client ``j // E`` of the group; a
-callback swaps the clients at their first epoch (loads the dispatched weights, hands over the
-payload, clears the optimizer state, reseeds) and collects each result after its last epoch.
+the fit, Lightning epoch ``j`` is client ``j`` of the group and holds one training step that
+carries the client's E local epochs (:class:`LocalEpochs`), so Lightning's per-epoch and per-step
+machinery (about half a millisecond) runs once per client; a callback swaps the clients at their
+epoch's start (loads the dispatched weights, hands over the payload, clears the optimizer state,
+reseeds) and collects each result after it.
 Every client's update is the same, bit for bit, as if it had its own fit: its randomness comes
 from (run seed, round, client) alone.
 """
@@ -24,7 +26,7 @@ from datamodules.base import ShuffledEpochs
 from flcore.seeding import STREAM_CLIENT, derive_seed
 from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
 
-__all__ = ["LocalRunner", "DEFAULT_LOCAL", "quiet_lightning"]
+__all__ = ["LocalRunner", "LocalEpochs", "DEFAULT_LOCAL", "quiet_lightning"]
 
 #: Per-client Trainer defaults; ``trainer.local`` in the YAML overrides any of them.
 DEFAULT_LOCAL: dict[str, Any] = {
@@ -78,14 +80,13 @@ class _ClientSchedule(L.Callback):
     def __init__(self, runner: LocalRunner, tasks: list[ClientTask], rnd: int):
         self.runner, self.tasks, self.rnd = runner, tasks, rnd
         self.sources: dict[int, ShuffledEpochs] = {}
+        self.seeds: dict[int, int] = {}
         self.epochs = runner.local_epochs
         self.current = -1  # index of the client in training
         self.outcomes: list[ClientResult | ClientFailure] = []
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        index = trainer.current_epoch // self.epochs
-        if index == self.current:
-            return
+        index = trainer.current_epoch
         self._finish(pl_module)
         self.current = index
         task = self.tasks[index]
@@ -93,11 +94,13 @@ class _ClientSchedule(L.Callback):
         pl_module.configure_client(task.payload)
         for optimizer in trainer.optimizers:  # a fresh optimizer for every client, as in the papers
             optimizer.state.clear()
-        _seed_local_rng(self._seed(task))
+        _seed_local_rng(self._seed(index))
         pl_module.on_client_start()
 
-    def _seed(self, task: ClientTask) -> int:
-        return derive_seed(self.runner.seed, self.rnd, task.cid, STREAM_CLIENT)
+    def _seed(self, index: int) -> int:
+        if index not in self.seeds:
+            self.seeds[index] = derive_seed(self.runner.seed, self.rnd, self.tasks[index].cid, STREAM_CLIENT)
+        return self.seeds[index]
 
     def source(self, index: int) -> ShuffledEpochs:
         """Client ``index``'s batches, made when its first epoch asks for them (so that a client
@@ -105,7 +108,7 @@ class _ClientSchedule(L.Callback):
         if index not in self.sources:
             task = self.tasks[index]
             self.sources[index] = self.runner.datamodule.client_batches(
-                task.cid, generator=torch.Generator().manual_seed(self._seed(task)))
+                task.cid, generator=torch.Generator().manual_seed(self._seed(index)))
         return self.sources[index]
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -124,7 +127,10 @@ class _ClientSchedule(L.Callback):
 
 def _check_finite(result: ClientResult) -> ClientResult | ClientFailure:
     bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
-    bad += [k for k, v in result.state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    floats = [v for v in result.state.values() if v.is_floating_point()]
+    # one fused test in the common case; key by key only if a sum is not finite (NaN, inf, or overflow)
+    if floats and not torch.isfinite(torch.stack([v.sum(dtype=torch.float64) for v in floats])).all():
+        bad += [k for k, v in result.state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         return ClientFailure(result.cid, result.slot, f"non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     return result
@@ -135,13 +141,28 @@ def _seed_local_rng(seed: int) -> None:
     and CUDA's once it is in use (``torch.manual_seed`` would also queue lazy seeding calls for
     every accelerator backend, which costs more than a small client's step)."""
     torch.default_generator.manual_seed(seed)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch.cuda.is_initialized():  # (is_available() would probe the driver on every call)
         torch.cuda.manual_seed_all(seed)
 
 
+class LocalEpochs:
+    """One client's local update as a single training-step item: iterating it yields ``epochs``
+    local epochs of ``source``, each a list of ``(x, y)`` mini-batches, drawn lazily (one epoch's
+    gathered samples in memory at a time). Not a collection, so Lightning hands it to the training
+    step as it is; :meth:`ClientModule.training_step` moves each epoch to the device."""
+
+    def __init__(self, source: ShuffledEpochs, epochs: int):
+        self.source, self.epochs = source, epochs
+
+    def __iter__(self):
+        for _ in range(self.epochs):
+            yield from self.source
+
+
 class _SourceChain:
-    """The group's batch sources: in Lightning epoch ``j`` it yields the next epoch of client
-    ``j // E``. Lazy, like a DataLoader: Lightning may call ``iter`` more often than it consumes."""
+    """The group's training data: Lightning epoch ``j`` has one item, client ``j``'s
+    :class:`LocalEpochs`. Lazy, like a DataLoader: Lightning may call ``iter`` more often than it
+    consumes."""
 
     def __init__(self, schedule: _ClientSchedule, trainer: L.Trainer):
         self.schedule, self.trainer = schedule, trainer
@@ -150,7 +171,7 @@ class _SourceChain:
         return 1
 
     def __iter__(self):
-        yield from self.schedule.source(self.trainer.current_epoch // self.schedule.epochs)
+        yield LocalEpochs(self.schedule.source(self.trainer.current_epoch), self.schedule.epochs)
 
 
 class LocalRunner:
@@ -166,7 +187,9 @@ class LocalRunner:
         seed: run seed; client ``c`` in round ``r`` draws its batch order and any other local
             randomness from ``derive_seed(seed, r, c)``.
         callbacks: Lightning callbacks for the local Trainer. In a group fit, ``on_fit_start`` /
-            ``on_train_start`` run once per group and the epoch hooks once per client epoch.
+            ``on_train_start`` run once per group, the epoch and batch hooks once per client (one
+            Lightning epoch and step carry a client's local epochs) and the step hooks
+            (``on_before_backward``, ``on_before_optimizer_step``, ...) once per mini-batch.
     """
 
     def __init__(self, module: L.LightningModule | dict[str, L.LightningModule], datamodule,
@@ -214,7 +237,7 @@ class LocalRunner:
         module = self.modules[tasks[0].arch]
         schedule = _ClientSchedule(self, tasks, rnd)
         _rewind(self.trainer)
-        self.trainer.fit_loop.max_epochs = self.local_epochs * len(tasks)
+        self.trainer.fit_loop.max_epochs = len(tasks)
         self.trainer.callbacks.append(schedule)
         try:
             self.trainer.fit(module, train_dataloaders=_SourceChain(schedule, self.trainer))

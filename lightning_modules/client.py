@@ -28,11 +28,16 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.plugins.precision import Precision
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 __all__ = ["ClientModule", "default_optimizer"]
+
+#: Callback hooks that Lightning calls on every optimizer step under manual optimization.
+_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
@@ -67,7 +72,8 @@ class ClientModule(L.LightningModule):
         self.gradient_clip_val: float | None = None
         self.gradient_clip_algorithm = "norm"
         self._epoch_records: list[tuple[Tensor, Tensor, Tensor]] = []
-        self.train_metrics: dict[str, float] = {}
+        self._train_metrics: dict[str, float] = {}
+        self._direct = False  # per fit: see _plain_steps
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -142,19 +148,33 @@ class ClientModule(L.LightningModule):
         self.loss_mean.update(torch.stack(losses).float(), weight=sizes)
         self.acc.update(torch.cat(preds), torch.cat(ys))
 
-    def _log_epoch(self, stage: str) -> None:
-        """Training: keep the epoch's means in :attr:`train_metrics` (read by the federated side;
-        ``self.log`` per epoch would cost more than a small client's step). Validation and test:
-        ``self.log``."""
+    def _compute_metrics(self) -> tuple[Tensor, Tensor]:
         self._flush_records()
         loss, acc = self.loss_mean.compute(), self.acc.compute()
-        if stage == "train":
-            self.train_metrics = {"train_loss": float(loss), "train_acc": float(acc)}
-        else:
-            self.log(f"{stage}_loss", loss, prog_bar=False)
-            self.log(f"{stage}_acc", acc, prog_bar=False)
         self.loss_mean.reset()
         self.acc.reset()
+        return loss, acc
+
+    def _log_epoch(self, stage: str) -> None:
+        loss, acc = self._compute_metrics()
+        self.log(f"{stage}_loss", loss, prog_bar=False)
+        self.log(f"{stage}_acc", acc, prog_bar=False)
+
+    @property
+    def train_metrics(self) -> dict[str, float]:
+        """``{"train_loss", "train_acc"}`` of the last local epoch: the sample-weighted mean of the
+        mini-batch losses and the fraction of correctly classified samples (micro accuracy),
+        computed when read: once per client, not per epoch. Training bookkeeping is plain tensor
+        arithmetic; ``self.log`` or TorchMetrics' stateful (or even functional) accuracy cost
+        more than a small client's whole step here. Evaluation uses TorchMetrics."""
+        if self._epoch_records:
+            losses, preds, ys = zip(*self._epoch_records)
+            self._epoch_records = []
+            sizes = torch.tensor([len(y) for y in ys], dtype=torch.float32, device=losses[0].device)
+            loss = (torch.stack(losses).float() * sizes).sum() / sizes.sum()
+            acc = (torch.cat(preds) == torch.cat(ys)).float().mean()
+            self._train_metrics = {"train_loss": float(loss), "train_acc": float(acc)}
+        return dict(self._train_metrics)
 
     def set_local_options(self, accumulate_grad_batches: int = 1, gradient_clip_val: float | None = None,
                           gradient_clip_algorithm: str = "norm") -> None:
@@ -178,23 +198,64 @@ class ClientModule(L.LightningModule):
         if first:
             optimizer.zero_grad(set_to_none=True)
         loss = self.batch_loss(batch)
-        self.manual_backward(loss * scale if scale != 1.0 else loss)
+        scaled = loss * scale if scale != 1.0 else loss
+        if self._direct:  # what Lightning's fp32 precision plugin does, without its dispatch
+            self.on_before_backward(scaled)
+            self.backward(scaled)
+            self.on_after_backward()
+        else:
+            self.manual_backward(scaled)
         if last:
-            optimizer.step()
+            if self._direct:
+                self.on_before_optimizer_step(optimizer.optimizer)
+                optimizer.optimizer.step()
+            else:
+                optimizer.step()
         return loss
 
+    def _plain_steps(self) -> bool:
+        """Whether a step may call the module's hooks directly instead of through Lightning: the
+        precision plugin is the plain fp32 one (no scaling, casting or unscaling to honour) and no
+        callback implements a per-step hook. Then ``manual_backward`` and ``LightningOptimizer.step``
+        would do exactly ``on_before_backward``, ``backward``, ``on_after_backward``,
+        ``on_before_optimizer_step`` and the optimizer's step; their dispatch machinery (about 20
+        attribute writes per hook) costs more than a small model's step."""
+        trainer = self.trainer
+        if type(trainer.precision_plugin) is not Precision:
+            return False
+        return not any(is_overridden(hook, cb, L.Callback) for cb in trainer.callbacks for hook in _STEP_HOOKS)
+
     def training_step(self, batch, batch_idx):
-        """One local epoch: ``batch`` is the epoch's list of ``(x, y)`` mini-batches (a single
-        ``(x, y)`` pair is one mini-batch). Returns the last mini-batch's loss."""
-        batches = [batch] if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor) else batch
+        """Accepts three shapes of ``batch``: a ``(x, y)`` mini-batch (a plain DataLoader); a list
+        of ``(x, y)`` mini-batches (one local epoch); or any other iterable of such lists (a
+        client's whole local update, e.g. :class:`flcore.local.LocalEpochs`: the federated loop's
+        shape, one Lightning step per client). Each local epoch starts with
+        :meth:`on_local_epoch_start`. Returns the last mini-batch's loss."""
+        if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[0], Tensor):
+            epochs, moved = [[batch]], True
+        elif isinstance(batch, list):
+            epochs, moved = [batch], True
+        else:
+            epochs, moved = batch, False
         optimizer = self.optimizers()
-        k, n = self.accumulate_grad_batches, len(batches)
         loss = None
-        for i, mb in enumerate(batches):
-            start = i - i % k
-            group = min(k, n - start)
-            loss = self.local_step(mb, optimizer, first=i == start, last=i == start + group - 1, scale=1.0 / group)
+        for epoch in epochs:
+            if not moved and epoch and epoch[0][0].device != self.device:
+                epoch = self.trainer.strategy.batch_to_device(epoch)
+            self.on_local_epoch_start()
+            k, n = self.accumulate_grad_batches, len(epoch)
+            for i, mb in enumerate(epoch):
+                start = i - i % k
+                group = min(k, n - start)
+                loss = self.local_step(mb, optimizer, first=i == start, last=i == start + group - 1, scale=1.0 / group)
         return loss
+
+    def on_local_epoch_start(self) -> None:
+        """Start of a local epoch (inside the training step when one step carries several local
+        epochs; the train metrics describe the last local epoch). Subclasses with per-epoch state
+        (FedGen's label counts) call ``super()``."""
+        self._epoch_records = []
+        self._train_metrics = {}
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Gradient clipping (``set_local_options``); runs after AMP unscaling. Subclasses that edit
@@ -210,13 +271,11 @@ class ClientModule(L.LightningModule):
     def test_step(self, batch, batch_idx):
         self._common_step(batch, "test")
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_records = []
-        self.loss_mean.reset()
-        self.acc.reset()
+    def on_train_start(self) -> None:
+        self._direct = self._plain_steps()
 
-    def on_train_epoch_end(self) -> None:
-        self._log_epoch("train")
+    def on_train_epoch_start(self) -> None:
+        self.on_local_epoch_start()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

@@ -72,8 +72,8 @@ class FedGenModule(ClientModule):
         self.generator.eval()
         return self
 
-    def on_train_epoch_start(self) -> None:
-        super().on_train_epoch_start()
+    def on_local_epoch_start(self) -> None:
+        super().on_local_epoch_start()
         self.label_counts.zero_()
 
     def batch_loss(self, batch):
