@@ -290,15 +290,26 @@ def section_rounds(args) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- whole rounds
+from datamodules import FashionMNIST  # noqa: E402
+
+
+class FashionMNISTSubset(FashionMNIST):
+    """The first ``train_samples`` Fashion-MNIST training images (module level: picklable for
+    the process pool's spawned workers)."""
+
+    train_samples: int | None = None
+
+    def load(self):
+        x, y, xt, yt = super().load()
+        n = self.train_samples
+        return (x, y, xt, yt) if n is None else (x[:n], y[:n], xt, yt)
+
+
 def _fmnist(num_clients: int, partition, batch_size: int, train_samples: int | None = None):
-    from datamodules import FashionMNIST
-
-    class Sub(FashionMNIST):
-        def load(self):
-            x, y, xt, yt = super().load()
-            return (x, y, xt, yt) if train_samples is None else (x[:train_samples], y[:train_samples], xt, yt)
-
-    return Sub(root=str(ROOT / "data"), num_clients=num_clients, partition=partition, batch_size=batch_size)
+    dm = FashionMNISTSubset(root=str(ROOT / "data"), num_clients=num_clients, partition=partition,
+                            batch_size=batch_size)
+    dm.train_samples = train_samples
+    return dm
 
 
 def _digits_mlp_case():

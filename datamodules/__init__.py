@@ -2,13 +2,23 @@
 
 from datamodules.base import DatasetNotFoundError, FederatedDataModule, IndexedTensors
 from datamodules.leaf import FEMNIST, LeafDataModule, Natural, Sent140, Shakespeare
-from datamodules.partition import IID, Dirichlet, Partitioner, Shards, label_distribution
+from datamodules.partition import (
+    IID,
+    ClassesPerClient,
+    Dirichlet,
+    FlwrPartitioner,
+    Partitioner,
+    QuantitySkew,
+    Shards,
+    label_distribution,
+)
 from datamodules.vision import CIFAR10, CIFAR100, MNIST, SVHN, Digits, FashionMNIST
 
 __all__ = [
     "SVHN",
     "FederatedDataModule", "IndexedTensors", "DatasetNotFoundError",
-    "Partitioner", "IID", "Dirichlet", "Shards", "label_distribution",
+    "Partitioner", "IID", "Dirichlet", "Shards", "ClassesPerClient", "QuantitySkew", "FlwrPartitioner",
+    "label_distribution",
     "Digits", "MNIST", "FashionMNIST", "CIFAR10", "CIFAR100",
     "LeafDataModule", "Natural", "FEMNIST", "Shakespeare", "Sent140",
 ]

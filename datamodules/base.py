@@ -110,11 +110,17 @@ class FederatedDataModule(L.LightningDataModule):
         batch_size: local mini-batch size (default 50, as in the papers).
         seed: seed of the partition (the split is a function of this seed alone).
         download: fetch missing files (needs internet).
-        eval_batch_size: batch size of the test loader.
+        eval_batch_size: batch size of the test and validation loaders.
+        val_size: a server-held validation set carved from the training data before it is
+            partitioned, never trained on: a fraction in (0, 1) of the training samples, or a
+            count >= 1; 0 (default) keeps every training sample for the clients, as the papers
+            do. Model selection ("best" round) uses it; the test set is only reported.
+        val_seed: seed of the validation draw (uniform without replacement).
 
     Raises:
-        ValueError: num_clients < 1, batch_size < 1 (construction); num_clients larger than the
-            training set (setup).
+        ValueError: num_clients < 1, batch_size < 1, val_size < 0 (construction); num_clients
+            larger than the training set, or a val_size that leaves fewer training samples than
+            clients (setup).
         DatasetNotFoundError: files missing with ``download=False`` (setup).
     """
 
@@ -130,8 +136,12 @@ class FederatedDataModule(L.LightningDataModule):
         seed: int = 0,
         download: bool = False,
         eval_batch_size: int = 1000,
+        val_size: float = 0,
+        val_seed: int = 0,
     ):
         super().__init__()
+        if not val_size >= 0:
+            raise ValueError(f"data.val_size: must be a fraction in (0, 1), a count >= 1, or 0 (none), got {val_size}")
         if num_clients < 1:
             raise ValueError(f"data.num_clients: must be >= 1, got {num_clients}")
         if batch_size < 1:
@@ -143,6 +153,9 @@ class FederatedDataModule(L.LightningDataModule):
         self.eval_batch_size = int(eval_batch_size)
         self.seed = int(seed)
         self.download = bool(download)
+        self.val_size, self.val_seed = val_size, int(val_seed)
+        self.x_val: Tensor | None = None
+        self.y_val: Tensor | None = None
         self.x_train: Tensor | None = None
         self.client_indices: list[np.ndarray] = []
 
@@ -160,10 +173,28 @@ class FederatedDataModule(L.LightningDataModule):
         if self.x_train is not None:
             return
         x_train, y_train, x_test, y_test = self.load()
+        n_val = self._val_count(len(y_train))
+        if n_val:
+            order = torch.from_numpy(np.random.default_rng(self.val_seed).permutation(len(y_train)))
+            val, keep = order[:n_val].sort().values, order[n_val:].sort().values
+            self.x_val, self.y_val = x_train[val].contiguous(), y_train[val].long()
+            x_train, y_train = x_train[keep], y_train[keep]
         self.x_train, self.y_train = x_train.contiguous(), y_train.long()
         self.x_test, self.y_test = x_test.contiguous(), y_test.long()
         labels = self.y_train.numpy()
         self.client_indices = self.partition(labels, self.num_clients, np.random.default_rng(self.seed))
+
+    def _val_count(self, n: int) -> int:
+        v = self.val_size
+        count = int(round(v * n)) if 0 < v < 1 else int(v)
+        if count and n - count < self.num_clients <= n:  # (more clients than samples: the partitioner says so)
+            raise ValueError(f"data.val_size: {v} leaves {n - count} training samples for {self.num_clients} clients")
+        return count
+
+    @property
+    def has_val(self) -> bool:
+        """Whether a validation set was carved (after :meth:`setup`)."""
+        return self.x_val is not None
 
     @property
     def client_sizes(self) -> list[int]:
@@ -224,5 +255,12 @@ class FederatedDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        """Same as :meth:`test_dataloader` (the papers report test accuracy of the global model)."""
-        return self.test_dataloader()
+        """The server-held validation set (``val_size``), in order.
+
+        Raises:
+            ValueError: no validation set (``val_size`` is 0).
+        """
+        if self.x_val is None:
+            raise ValueError("data.val_size: no validation set; set a fraction in (0, 1) or a count")
+        return DataLoader(IndexedTensors(self.x_val, self.y_val), batch_size=self.eval_batch_size,
+                          collate_fn=collate_batch)

@@ -11,7 +11,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-__all__ = ["Partitioner", "IID", "Dirichlet", "Shards", "label_distribution"]
+__all__ = ["Partitioner", "IID", "Dirichlet", "Shards", "ClassesPerClient", "QuantitySkew", "FlwrPartitioner",
+           "label_distribution"]
 
 
 class Partitioner(ABC):
@@ -128,6 +129,143 @@ class Shards(Partitioner):
         shards = np.array_split(order, num_shards)
         assignment = rng.permutation(num_shards).reshape(num_clients, self.shards_per_client)
         return [np.sort(np.concatenate([shards[s] for s in row])) for row in assignment]
+
+
+class ClassesPerClient(Partitioner):
+    """Pathological "#C = k" label skew (NIID-Bench, Li et al., ICDE 2022, Sec. 4.1): each client
+    holds samples of exactly ``k`` classes. Client ``i``'s classes are ``i mod C`` and ``k - 1``
+    others drawn uniformly without replacement (so every class is held by some client when
+    ``num_clients >= C``); each class's samples are split evenly, at random, among the clients
+    that hold it.
+
+    Args:
+        k: classes per client (1 <= k <= number of classes).
+
+    Raises:
+        ValueError: ``k < 1`` (construction); ``k`` above the number of classes, or a class held by
+            more clients than it has samples (call time).
+    """
+
+    def __init__(self, k: int = 2):
+        if k < 1:
+            raise ValueError(f"partition.k: must be >= 1, got {k}")
+        self.k = int(k)
+
+    def __call__(self, labels, num_clients, rng):
+        self._check(labels, num_clients)
+        labels = np.asarray(labels)
+        classes = np.unique(labels)
+        if self.k > len(classes):
+            raise ValueError(f"partition.k: must be <= the {len(classes)} classes, got {self.k}")
+        held = []
+        for i in range(num_clients):
+            own = classes[i % len(classes)]
+            others = rng.choice(np.setdiff1d(classes, [own]), self.k - 1, replace=False)
+            held.append({own, *others.tolist()})
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for c in classes:
+            owners = [i for i in range(num_clients) if c in held[i]]
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            if len(owners) > len(idx):
+                raise ValueError(f"partition.k: class {c} has {len(idx)} samples for {len(owners)} clients")
+            for i, chunk in zip(owners, np.array_split(idx, len(owners))):
+                parts[i].append(chunk)
+        return [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
+
+
+class QuantitySkew(Partitioner):
+    """Quantity skew with IID labels: client sizes follow a distribution, labels are uniform.
+
+    * ``"dirichlet"``: size proportions ``q ~ Dir(beta * 1_N)`` (NIID-Bench's quantity skew);
+    * ``"power_law"``: proportions ``∝ rank^(-alpha)`` over a random order of the clients
+      (LEAF-like long tail).
+
+    Every client gets at least ``min_size`` samples; the rest follow the proportions.
+
+    Args:
+        distribution: ``"dirichlet"`` or ``"power_law"``.
+        beta: Dirichlet concentration (> 0); alpha: power-law exponent (>= 0).
+        min_size: samples every client receives first (>= 1).
+
+    Raises:
+        ValueError: an unknown distribution or a parameter out of range (construction); fewer
+            samples than ``num_clients * min_size`` (call time).
+    """
+
+    def __init__(self, distribution: str = "dirichlet", beta: float = 0.5, alpha: float = 1.5, min_size: int = 1):
+        if distribution not in ("dirichlet", "power_law"):
+            raise ValueError(f"partition.distribution: must be one of ['dirichlet', 'power_law'], got {distribution!r}")
+        if not beta > 0:
+            raise ValueError(f"partition.beta: must be > 0, got {beta}")
+        if not alpha >= 0:
+            raise ValueError(f"partition.alpha: must be >= 0, got {alpha}")
+        if min_size < 1:
+            raise ValueError(f"partition.min_size: must be >= 1, got {min_size}")
+        self.distribution, self.beta, self.alpha, self.min_size = distribution, float(beta), float(alpha), int(min_size)
+
+    def proportions(self, num_clients: int, rng: np.random.Generator) -> np.ndarray:
+        """The ``(num_clients,)`` size proportions (sum 1)."""
+        if self.distribution == "dirichlet":
+            return rng.dirichlet(np.full(num_clients, self.beta))
+        w = np.arange(1, num_clients + 1, dtype=float) ** (-self.alpha)
+        return rng.permutation(w / w.sum())
+
+    def __call__(self, labels, num_clients, rng):
+        self._check(labels, num_clients)
+        n = len(labels)
+        if n < num_clients * self.min_size:
+            raise ValueError(f"partition.min_size: {num_clients} clients x {self.min_size} exceeds the {n} samples")
+        extra = n - num_clients * self.min_size
+        sizes = self.min_size + np.floor(self.proportions(num_clients, rng) * extra).astype(int)
+        sizes[np.argmax(sizes)] += n - sizes.sum()  # rounding remainder to the largest client
+        return [np.sort(part) for part in np.split(rng.permutation(n), np.cumsum(sizes)[:-1])]
+
+
+class FlwrPartitioner(Partitioner):
+    """Adapter for a Flower Datasets partitioner (``flwr_datasets.partitioner.*``; optional:
+    ``pip install flwr-datasets``): its split of the labels becomes flcore's client index arrays.
+
+    The Flower partitioner is built here from its class path and keyword arguments (its
+    ``num_partitions`` is set to ``num_clients``), handed a Hugging Face ``datasets.Dataset``
+    with one column ``label_column`` holding the labels and the sample index in ``"_idx"``, and
+    asked for each partition; partition ``i``'s indices become client ``i``. A seed argument
+    (``seed``) is filled from ``rng`` when the partitioner takes one and none is given.
+
+    Args:
+        class_path: e.g. ``"flwr_datasets.partitioner.DirichletPartitioner"``.
+        init_args: its keyword arguments except ``num_partitions``.
+        label_column: the label column name the partitioner expects (``partition_by``).
+
+    Raises:
+        ImportError: flwr-datasets (or datasets) is not installed.
+        ValueError: the Flower partitioner's partitions do not cover every sample exactly once.
+    """
+
+    def __init__(self, class_path: str, init_args: dict | None = None, label_column: str = "label"):
+        self.class_path, self.init_args, self.label_column = class_path, dict(init_args or {}), label_column
+
+    def __call__(self, labels, num_clients, rng):
+        import importlib
+        import inspect
+
+        self._check(labels, num_clients)
+        try:
+            from datasets import Dataset
+        except ImportError:
+            raise ImportError("partition: FlwrPartitioner needs flwr-datasets: pip install flwr-datasets") from None
+        module, _, name = self.class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        kwargs = dict(self.init_args)
+        if "seed" in inspect.signature(cls).parameters and "seed" not in kwargs:
+            kwargs["seed"] = int(rng.integers(2**31))
+        partitioner = cls(num_partitions=num_clients, **kwargs)
+        partitioner.dataset = Dataset.from_dict({self.label_column: np.asarray(labels).tolist(),
+                                                 "_idx": list(range(len(labels)))})
+        parts = [np.sort(np.asarray(partitioner.load_partition(i)["_idx"], dtype=np.int64)) for i in range(num_clients)]
+        covered = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        if len(covered) != len(labels) or len(np.unique(covered)) != len(labels):
+            raise ValueError(f"partition: {name} did not assign every sample to exactly one client")
+        return parts
 
 
 def label_distribution(labels: np.ndarray, parts: list[np.ndarray], num_classes: int) -> np.ndarray:

@@ -1,4 +1,6 @@
-"""The ``flcore`` command: ``flcore fit | validate | test --config X.yaml`` (LightningCLI).
+"""The ``flcore`` command: ``flcore fit | validate | test --config X.yaml`` (LightningCLI), and
+``flcore sweep GRID.yaml`` (:mod:`flcore.sweep`) and ``flcore report RUN_FOLDERS --out DIR``
+(:mod:`flcore.report`) over many runs.
 
 The config has three sections: ``trainer`` (:class:`flcore.trainer.FederatedTrainer`), ``model``
 (a ``lightning_modules`` LightningModule with ``net`` and ``optimizer``) and ``data`` (a
@@ -125,6 +127,14 @@ def _one_line(err: BaseException) -> str:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``flcore`` console script. Returns 0, or exits 2 on bad input."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in ("sweep", "report"):
+        from flcore import report, sweep
+
+        code = (sweep if argv[0] == "sweep" else report).main(argv[1:])
+        if code:
+            raise SystemExit(code)
+        return 0
     try:
         FlcoreCLI(args=args)
     except ConfigError as err:

@@ -252,11 +252,12 @@ class LocalRunner:
             module.zero_grad(set_to_none=True)  # gradients are dead now: free them (one model copy)
         return schedule.outcomes
 
-    def evaluate(self, state, stage: str = "test", arch: str | None = None) -> dict[str, float]:
-        """Test accuracy and loss of ``state`` (of architecture ``arch``) on the global test set
-        (TorchMetrics, sample-weighted)."""
+    def evaluate(self, state, stage: str = "test", arch: str | None = None, dataloader=None) -> dict[str, float]:
+        """Accuracy and loss (``test_acc``, ``test_loss``) of ``state`` (of architecture ``arch``)
+        on ``dataloader`` (default: the global test set); TorchMetrics, sample-weighted."""
         module = self.modules[arch]
         module.net.load_state_dict(state)
         run = self.trainer.test if stage == "test" else self.trainer.validate
-        out = run(module, dataloaders=self.datamodule.test_dataloader(), verbose=False)
+        loader = dataloader if dataloader is not None else self.datamodule.test_dataloader()
+        out = run(module, dataloaders=loader, verbose=False)
         return {k.replace("val_", "test_"): float(v) for k, v in out[0].items()}

@@ -22,6 +22,7 @@ from flcore.executors import Executor, SequentialExecutor
 from flcore.functional import state_bytes
 from flcore.local import DEFAULT_LOCAL, LocalRunner
 from flcore.progress import RoundProgress
+from flcore.results import select_best, write_metrics_csv, write_results_json
 from flcore.samplers import ClientSampler, UniformSampler
 from flcore.seeding import STREAM_SAMPLER, STREAM_STRATEGY, round_rng
 from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, Strategy
@@ -76,11 +77,21 @@ class FederatedTrainer:
             (``global/test_acc``).
         client_architectures: an explicit architecture name per client (length
             ``data.num_clients``), instead of the even spread.
+        report_best_test: also report the highest test accuracy over the evaluated rounds, the
+            papers' "best test accuracy" (selected on the test set, so optimistic), labelled as
+            such in ``results.json`` and the summary. Model selection otherwise uses the
+            validation set (``data.val_size``): "test at best val".
+
+    A run folder (``log_dir/name/version_N``) holds TensorBoard events (with the HPARAMS tab's
+    final metrics), ``config.yaml``, ``checkpoints/``, ``metrics.csv`` (one row per round,
+    rewritten every round) and ``results.json`` (:mod:`flcore.results`), plus
+    ``partition.png`` (the clients' label distribution) when matplotlib is installed.
 
     SIGINT / SIGTERM during ``fit`` checkpoint the last completed round and raise
     :class:`~flcore.errors.RunInterrupted`; resume with ``ckpt_path="last"``.
 
     TensorBoard scalars (step = round, 1-based): ``global/test_acc``, ``global/test_loss``,
+    ``global/val_acc``, ``global/val_loss`` (with a validation set),
     ``clients/train_loss``, ``clients/train_acc``, ``round/wall_time_s``,
     ``round/samples_per_s``, ``round/bytes_up``, ``round/bytes_down``.
     """
@@ -103,6 +114,7 @@ class FederatedTrainer:
         on_client_failure: str = "drop",
         architectures: list[str] | None = None,
         client_architectures: list[str] | None = None,
+        report_best_test: bool = False,
     ):
         self.strategy = strategy if strategy is not None else FedAvg()
         self.rounds = rounds
@@ -122,6 +134,7 @@ class FederatedTrainer:
         self.client_architectures = list(client_architectures) if client_architectures is not None else None
         self._modules: dict[str, L.LightningModule] | None = None  # per architecture (heterogeneous runs)
         self._client_arch: list[str] = []
+        self.report_best_test = bool(report_best_test)
         self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
         self.history: list[dict[str, float]] = []
         self.run_dir: Path | None = None
@@ -266,6 +279,7 @@ class FederatedTrainer:
             self._check_resume(ckpt, datamodule)
             start, state, version = ckpt["round"], ckpt["strategy_state"], ckpt.get("version")
             self.history = list(ckpt.get("history", []))
+            self._wall_before = float(ckpt.get("wall_time_s", 0.0))
         hetero = self._modules is not None
         runner = LocalRunner(self._modules if hetero else model, datamodule, self.local, seed, self.callbacks)
         if hetero:
@@ -295,7 +309,10 @@ class FederatedTrainer:
         self._write_config()
         if hasattr(datamodule, "save_artifacts"):  # e.g. Sent140's vocabulary
             datamodule.save_artifacts(self.run_dir)
+        if start == 0:
+            self._draw_partition(datamodule, logger)
         t0 = time.perf_counter()
+        self._t0 = t0
         completed = start
         with _signals_raise_interrupt(), RoundProgress(self.rounds, start) as progress, _closing(self.executor):
             try:
@@ -304,6 +321,7 @@ class FederatedTrainer:
                     state, metrics, completed = *self._round(rnd, state, runner, datamodule, seed, out_of_time), rnd + 1
                     self.history.append({"round": completed, **metrics})
                     logger.log_metrics(metrics, step=completed)
+                    write_metrics_csv(self.run_dir / "metrics.csv", self.history)
                     progress.update(completed, metrics, time.perf_counter() - t0)
                     last = completed == self.rounds or out_of_time
                     if last or (self.checkpoint_every and completed % self.checkpoint_every == 0):
@@ -314,10 +332,17 @@ class FederatedTrainer:
             except (RunInterrupted, ClientFailureError) as err:
                 logger.finalize("interrupted")
                 path = self._save(completed, state, datamodule, logger.version)
+                self._write_results(seed, "interrupted" if isinstance(err, RunInterrupted) else "failed")
                 msg = f"{err}; last good state (round {completed}) saved to {path}"
                 if isinstance(err, RunInterrupted):
                     raise RunInterrupted(err.signum, msg) from None
                 raise ClientFailureError(msg) from None
+        status = "finished" if completed == self.rounds else "out_of_time"
+        record = self._write_results(seed, status)
+        logger.log_hyperparams(self._hparams(seed, datamodule), metrics={
+            "hp/final_test_acc": (record["final"] or {}).get("global/test_acc", math.nan),
+            "hp/test_acc_at_best_val": record["test_acc_at_best_val"] if record["test_acc_at_best_val"] is not None
+            else math.nan})
         logger.finalize("success")
         return self._summary(time.perf_counter() - t0)
 
@@ -358,19 +383,25 @@ class FederatedTrainer:
             metrics.update(self._evaluate(runner, state))
         return state, metrics
 
-    def _evaluate(self, runner: LocalRunner, state, stage: str = "test") -> dict[str, float]:
-        """``global/test_acc`` and ``global/test_loss``; in heterogeneous runs, those of every
-        architecture's model (``global/test_acc/<arch>``) and their unweighted mean."""
-        if self._modules is None:
-            ev = runner.evaluate(self.strategy.global_model(state), stage)
-            return {"global/test_acc": ev["test_acc"], "global/test_loss": ev["test_loss"]}
+    def _evaluate(self, runner: LocalRunner, state, stage: str = "test", with_val: bool = True) -> dict[str, float]:
+        """``global/test_acc`` and ``global/test_loss``, and ``global/val_acc`` / ``global/val_loss``
+        when the data has a validation set; in heterogeneous runs, those of every architecture's
+        model (``global/test_acc/<arch>``, ...) and their unweighted mean."""
+        splits = [("test", runner.datamodule.test_dataloader)]
+        if with_val and getattr(runner.datamodule, "has_val", False):
+            splits.append(("val", runner.datamodule.val_dataloader))
+        models = ({None: self.strategy.global_model(state)} if self._modules is None
+                  else self.strategy.global_models(state))
         out: dict[str, float] = {}
-        for arch, arch_state in self.strategy.global_models(state).items():
-            ev = runner.evaluate(arch_state, stage, arch=arch)
-            out[f"global/test_acc/{arch}"], out[f"global/test_loss/{arch}"] = ev["test_acc"], ev["test_loss"]
-        for key in ("test_acc", "test_loss"):
-            vals = [v for k, v in out.items() if k.startswith(f"global/{key}/")]
-            out[f"global/{key}"] = sum(vals) / len(vals)
+        for split, loader in splits:
+            for arch, arch_state in models.items():
+                ev = runner.evaluate(arch_state, stage, arch=arch, dataloader=loader())
+                suffix = "" if arch is None else f"/{arch}"
+                out[f"global/{split}_acc{suffix}"], out[f"global/{split}_loss{suffix}"] = ev["test_acc"], ev["test_loss"]
+            if self._modules is not None:
+                for key in (f"{split}_acc", f"{split}_loss"):
+                    vals = [v for k, v in out.items() if k.startswith(f"global/{key}/")]
+                    out[f"global/{key}"] = sum(vals) / len(vals)
         return out
 
     # ------------------------------------------------------------------ evaluate a checkpoint
@@ -397,7 +428,7 @@ class FederatedTrainer:
         runner = LocalRunner(self._modules if self._modules is not None else model, datamodule, self.local, 0,
                              self.callbacks)
         try:
-            result = self._evaluate(runner, ckpt["strategy_state"], stage)
+            result = self._evaluate(runner, ckpt["strategy_state"], stage, with_val=False)
             result = {k.removeprefix("global/"): v for k, v in result.items()}
         except (KeyError, RuntimeError) as err:
             raise ConfigError(
@@ -460,27 +491,61 @@ class FederatedTrainer:
             "partition_checksum": datamodule.partition_checksum(),
             "version": version,
             "experiment": self._experiment_fields() if self.run_config is not None else None,
+            "wall_time_s": self._wall_total(),
         }
         return save_checkpoint(payload, self.run_dir / "checkpoints" / f"round_{completed_rounds:05d}.ckpt",
                                keep_last=self.keep_checkpoints)
 
+    def _write_results(self, seed: int, status: str) -> dict[str, Any]:
+        return write_results_json(self.run_dir / "results.json", history=self.history, config=self.run_config,
+                                  seed=seed, status=status, wall_time_s=self._wall_total(),
+                                  report_best_test=self.report_best_test, rounds_planned=self.rounds)
+
+    def _wall_total(self) -> float:
+        return getattr(self, "_wall_before", 0.0) + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+    def _draw_partition(self, datamodule, logger) -> None:
+        """``partition.png`` (label-distribution bubble chart) in the run folder and TensorBoard's
+        images, when matplotlib is installed (an optional extra)."""
+        try:
+            from datamodules.plot import plot_label_distribution
+        except ImportError:
+            return
+        try:
+            fig = plot_label_distribution(datamodule.label_distribution(), title=f"{type(datamodule).__name__}: "
+                                          f"{type(datamodule.partition).__name__}")
+        except ImportError:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(self.run_dir / "partition.png", dpi=100)
+        logger.experiment.add_figure("data/partition", fig, global_step=0, close=True)
+
     def _summary(self, wall: float) -> dict[str, Any]:
+        """The run's outcome: ``final`` (last evaluation), ``final_test_acc``, ``test_acc_at_best_val``
+        and ``best_val_round`` (``None`` without a validation set), ``best_test_acc`` and
+        ``best_round`` (the papers' test-selected figure), ``wall_time_s``, ``run_dir``."""
         evals = [h for h in self.history if "global/test_acc" in h]
         final = evals[-1] if evals else {}
-        best = max(evals, key=lambda h: h["global/test_acc"]) if evals else {}
+        top = select_best(self.history, "global/test_acc") or {}
+        best_val = select_best(self.history)
         summary = {
             "final": final,
             "final_test_acc": final.get("global/test_acc", math.nan),
-            "best_test_acc": best.get("global/test_acc", math.nan),
-            "best_round": best.get("round", 0),
+            "test_acc_at_best_val": best_val["global/test_acc"] if best_val else None,
+            "best_val_round": best_val["round"] if best_val else None,
+            "best_test_acc": top.get("global/test_acc", math.nan),
+            "best_round": top.get("round", 0),
             "wall_time_s": wall,
             "run_dir": str(self.run_dir),
         }
-        print(
-            f"flcore: {type(self.strategy).__name__} finished {len(self.history)} rounds in {wall:.1f} s: "
-            f"final test_acc {summary['final_test_acc']:.4f}, best {summary['best_test_acc']:.4f} "
-            f"(round {summary['best_round']}); logs in {self.run_dir}"
-        )
+        parts = [f"final test_acc {summary['final_test_acc']:.4f}"]
+        if best_val:
+            parts.append(f"test_acc at best val {best_val['global/test_acc']:.4f} (round {best_val['round']})")
+        if self.report_best_test:
+            parts.append(f"best test_acc (selected on test, papers' protocol) {summary['best_test_acc']:.4f} "
+                         f"(round {summary['best_round']})")
+        print(f"flcore: {type(self.strategy).__name__} finished {len(self.history)} rounds in {wall:.1f} s: "
+              f"{', '.join(parts)}; logs in {self.run_dir}")
         return summary
 
 

@@ -1,0 +1,191 @@
+"""``flcore report``: tables and learning-curve figures over run folders.
+
+Built from the files a run leaves (``results.json``, ``metrics.csv``) and nothing else, so runs
+made anywhere (a laptop, a cluster sweep) report the same way. Runs are grouped by their
+``trainer.name`` with any ``__seed=N`` part removed (the names :mod:`flcore.sweep` gives), and
+each group's figures are the mean ± standard deviation over its runs (seeds).
+
+    flcore report runs/repro --out benchmarks/results/repro --target 0.6 0.7
+
+Columns: runs, final test accuracy, test accuracy at the best validation round, rounds to each
+target test accuracy (the first evaluated round at or above it; mean over the runs that reach it,
+with how many did), the standard deviation of the last ``--last`` evaluations' test accuracy
+(smoothness), megabytes sent (down + up) and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_runs", "summarize", "markdown_table", "plot_curves", "main"]
+
+_SEED = re.compile(r"__seed=[^_]+")
+
+
+def load_runs(roots: list[str | Path]) -> list[dict[str, Any]]:
+    """Every run folder below ``roots`` (a folder with ``results.json``): its record, its
+    test-accuracy curve ``[(round, acc), ...]`` from ``metrics.csv`` and its group name."""
+    runs = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("results.json")):
+            record = json.loads(path.read_text())
+            name = ((record.get("config") or {}).get("trainer") or {}).get("name") or path.parent.parent.name
+            curve = []
+            csv_path = path.parent / "metrics.csv"
+            if csv_path.exists():
+                with csv_path.open() as f:
+                    for row in csv.DictReader(f):
+                        if row.get("global/test_acc"):
+                            curve.append((int(row["round"]), float(row["global/test_acc"])))
+            runs.append({"dir": str(path.parent), "name": name, "group": _SEED.sub("", name), "record": record,
+                         "curve": curve})
+    return runs
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def rounds_to(curve: list[tuple[int, float]], target: float) -> int | None:
+    """The first evaluated round whose test accuracy is >= ``target``, or ``None``."""
+    return next((r for r, acc in curve if acc >= target), None)
+
+
+def summarize(runs: list[dict[str, Any]], targets: tuple[float, ...] = (), last: int = 5) -> list[dict[str, Any]]:
+    """One row per group (see the module docstring), in order of first appearance."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault(run["group"], []).append(run)
+    rows = []
+    for group, members in groups.items():
+        recs = [m["record"] for m in members]
+        row: dict[str, Any] = {"group": group, "runs": len(members),
+                               "rounds": min(r.get("rounds_completed", 0) for r in recs)}
+        row["final_test_acc"] = _mean_std([(r.get("final") or {}).get("global/test_acc") for r in recs])
+        row["test_acc_at_best_val"] = _mean_std([r.get("test_acc_at_best_val") for r in recs])
+        row["last_evals_std"] = _mean_std([statistics.pstdev([a for _, a in m["curve"][-last:]])
+                                           for m in members if len(m["curve"]) >= 2])
+        for t in targets:
+            reached = [rounds_to(m["curve"], t) for m in members]
+            hit = [r for r in reached if r is not None]
+            row[f"rounds_to_{t:g}"] = (statistics.fmean(hit) if hit else None, len(hit))
+        row["mbytes"] = _mean_std([(r.get("bytes_down", 0) + r.get("bytes_up", 0)) / 1e6 for r in recs])
+        row["wall_time_s"] = _mean_std([r.get("wall_time_s") for r in recs])
+        rows.append(row)
+    return rows
+
+
+def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
+    m, s = ms
+    if math.isnan(m):
+        return "—"
+    return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
+
+
+def markdown_table(rows: list[dict[str, Any]], targets: tuple[float, ...] = (), last: int = 5) -> str:
+    """The summary as a Markdown table (accuracies in %)."""
+    head = ["run group", "runs", "rounds", "final test acc (%)", "test acc at best val (%)",
+            *[f"rounds to {100 * t:g} %" for t in targets], f"std of last {last} evals (pts)", "MB sent", "wall (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["group"], str(r["runs"]), str(r["rounds"]), _fmt(r["final_test_acc"], 100),
+                 _fmt(r["test_acc_at_best_val"], 100)]
+        for t in targets:
+            mean, hit = r[f"rounds_to_{t:g}"]
+            cells.append("never" if mean is None else f"{mean:.0f} ({hit}/{r['runs']})")
+        cells += [_fmt(r["last_evals_std"], 100), _fmt(r["mbytes"], 1, 1), _fmt(r["wall_time_s"], 1, 0)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """The summary as CSV: one column per statistic (``_mean`` / ``_std`` for mean ± std)."""
+    flat = []
+    for r in rows:
+        out: dict[str, Any] = {}
+        for k, v in r.items():
+            if isinstance(v, tuple) and k.startswith("rounds_to_"):
+                out[f"{k}_mean"], out[f"{k}_reached"] = v
+            elif isinstance(v, tuple):
+                out[f"{k}_mean"], out[f"{k}_std"] = v
+            else:
+                out[k] = v
+        flat.append(out)
+    keys = list(dict.fromkeys(k for row in flat for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(flat)
+
+
+def plot_curves(runs: list[dict[str, Any]], path: str | Path, title: str | None = None) -> None:
+    """Test accuracy against round, one line per group: the mean over its runs at the rounds
+    they share, with a ±1 std band (the papers' learning-curve figures).
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("flcore report: curves need matplotlib: pip install 'flcore[plot]'") from None
+    import numpy as np
+
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    groups: dict[str, list[dict[str, float]]] = {}
+    for run in runs:
+        if run["curve"]:
+            groups.setdefault(run["group"], []).append(dict(run["curve"]))
+    for group, curves in groups.items():
+        rounds = sorted(set.intersection(*(set(c) for c in curves)))
+        acc = np.array([[c[r] for r in rounds] for c in curves]) * 100
+        mean = acc.mean(0)
+        ax.plot(rounds, mean, label=f"{group} (n={len(curves)})", linewidth=1.2)
+        if len(curves) > 1:
+            std = acc.std(0, ddof=1)
+            ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flcore report", description="Tables and curves over run folders.")
+    p.add_argument("roots", nargs="+", help="folders searched (recursively) for run folders with results.json")
+    p.add_argument("--out", required=True, help="folder for report.md, report.csv, curves.png")
+    p.add_argument("--target", type=float, nargs="*", default=[], help="target test accuracies, e.g. 0.6 0.7")
+    p.add_argument("--last", type=int, default=5, help="evaluations in the smoothness column")
+    p.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    runs = load_runs(args.roots)
+    if not runs:
+        p.error(f"roots: no results.json below {args.roots}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(runs, tuple(args.target), args.last)
+    table = markdown_table(rows, tuple(args.target), args.last)
+    (out / "report.md").write_text(table)
+    write_csv(rows, out / "report.csv")
+    try:
+        plot_curves(runs, out / "curves.png", args.title)
+    except ImportError as err:
+        print(f"flcore report: {err}")
+    print(table, end="")
+    print(f"flcore report: {len(runs)} runs in {len(rows)} groups; wrote {out}/report.md, report.csv, curves.png")
+    return 0

@@ -1,0 +1,124 @@
+"""``flcore sweep``: run a grid of experiments, resumably, then report on it.
+
+A grid file (YAML) names base configs and the values to cross with them::
+
+    log_dir: runs/repro                 # where every run folder goes
+    configs:                            # label -> config file (or a list of files: label = stem)
+      fedavg: configs/fedavg_fmnist_lenet.yaml
+      fedcross: configs/fedcross_fmnist_lenet.yaml
+    grid:                               # dotted keys -> values; the cartesian product is run
+      seed_everything: [0, 1, 2]
+      data.init_args.partition.init_args.beta: [0.1, 0.5]
+    args: [--trainer.rounds, "500"]     # fixed extra arguments for every run (optional)
+
+Every grid point is one ``flcore fit`` process named ``<label>__<key>=<value>...`` (the last
+part of each dotted key; ``seed_everything`` becomes ``seed``), so :mod:`flcore.report` groups
+seeds together. ``--workers`` processes run at once, each with ``cores // workers`` torch
+threads; any executor can be set inside the configs. Resumable: a run whose latest
+``results.json`` says ``finished`` is skipped, and one with a checkpoint continues from it
+(``--ckpt_path last``), so a sweep can be stopped and started again at will.
+
+    flcore sweep grid.yaml --workers 2
+    flcore report runs/repro --out benchmarks/results/repro
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["expand", "run_status", "main"]
+
+
+def _short(key: str) -> str:
+    return "seed" if key == "seed_everything" else key.rsplit(".", 1)[-1]
+
+
+def expand(grid_file: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of a grid file: ``[{"name", "config", "args": [...]}, ...]`` in a stable order.
+
+    Raises:
+        ValueError: no ``configs``, or a ``grid`` value that is not a list.
+    """
+    configs = grid_file.get("configs")
+    if isinstance(configs, list):
+        configs = {Path(c).stem: c for c in configs}
+    if not configs:
+        raise ValueError("grid: 'configs' must name at least one config file")
+    grid = grid_file.get("grid") or {}
+    for key, values in grid.items():
+        if not isinstance(values, list):
+            raise ValueError(f"grid.{key}: must be a list of values, got {values!r}")
+    extra = [str(a) for a in grid_file.get("args") or []]
+    log_dir = str(grid_file.get("log_dir", "runs/sweep"))
+    runs = []
+    for label, config in configs.items():
+        for combo in itertools.product(*grid.values()) if grid else [()]:
+            point = dict(zip(grid, combo))
+            name = "__".join([label, *(f"{_short(k)}={v}" for k, v in point.items())])
+            args = [arg for k, v in point.items() for arg in (f"--{k}", str(v))]
+            runs.append({"name": name, "config": str(config),
+                         "args": [*args, *extra, "--trainer.log_dir", log_dir, "--trainer.name", name],
+                         "run_root": str(Path(log_dir) / name)})
+    return runs
+
+
+def run_status(run_root: str | Path) -> str:
+    """``"finished"``, ``"resumable"`` (a checkpoint exists) or ``"new"``."""
+    root = Path(run_root)
+    results = sorted(root.glob("version_*/results.json"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    if results and json.loads(results[-1].read_text()).get("status") == "finished":
+        return "finished"
+    return "resumable" if any(root.glob("version_*/checkpoints/last.ckpt")) else "new"
+
+
+def _launch(run: dict[str, Any], threads: int, log: Path) -> tuple[str, int, float]:
+    status = run_status(run["run_root"])
+    if status == "finished":
+        return run["name"], 0, 0.0
+    cmd = [sys.executable, "-m", "flcore", "fit", "--config", run["config"], *run["args"]]
+    if status == "resumable":
+        cmd += ["--ckpt_path", "last"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+    return run["name"], code, time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="flcore sweep", description="Run a grid of experiments, resumably.")
+    p.add_argument("grid", help="grid YAML (see flcore.sweep)")
+    p.add_argument("--workers", type=int, default=1, help="runs at once (>= 1)")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and their status, run nothing")
+    args = p.parse_args(argv)
+    if args.workers < 1:
+        p.error(f"--workers: must be >= 1, got {args.workers}")
+    try:
+        runs = expand(yaml.safe_load(Path(args.grid).read_text()) or {})
+    except (OSError, yaml.YAMLError, ValueError) as err:
+        p.error(f"grid: {str(err).splitlines()[0]}")
+    for run in runs:
+        print(f"{run_status(run['run_root']):9s} {run['name']}")
+    if args.dry_run:
+        return 0
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    with ThreadPoolExecutor(args.workers) as pool:
+        outcomes = list(pool.map(lambda r: _launch(r, threads, Path(r["run_root"]) / "sweep.log"), runs))
+    failed = [name for name, code, _ in outcomes if code]
+    for name, code, wall in outcomes:
+        print(f"{'failed' if code else 'done':6s} {wall:8.1f} s  {name}")
+    return 1 if failed else 0

@@ -1,0 +1,175 @@
+"""The results layer: run records, the validation split, partitions users expect, sweeps and reports."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from datamodules import ClassesPerClient, Digits, Dirichlet, QuantitySkew
+from flcore import FederatedTrainer
+from flcore.report import load_runs, markdown_table, rounds_to, summarize
+from flcore.strategies import FedAvg
+from flcore.sweep import expand, run_status
+from lightning_modules import ClientModule
+from lightning_modules.models import CNN
+from tests.conftest import QUICKSTART
+
+
+def _trainer(tmp_path, rounds=4, **kw):
+    return FederatedTrainer(strategy=FedAvg(), rounds=rounds, clients_per_round=4, eval_every=2,
+                            local={"max_epochs": 1}, log_dir=str(tmp_path), name="rec", **kw)
+
+
+def test_validation_split_is_held_out_and_seeded():
+    full = Digits(num_clients=10)
+    full.setup()
+    dm = Digits(num_clients=10, val_size=0.2, val_seed=3)
+    dm.setup()
+    n = len(full.y_train)
+    assert len(dm.y_val) == round(0.2 * n) and len(dm.y_train) == n - len(dm.y_val)
+    assert sum(dm.client_sizes) == len(dm.y_train)  # clients hold everything but the validation set
+    # the two sets together are the original training set (as a multiset of rows)
+    rows = torch.cat([dm.x_train, dm.x_val]).flatten(1)
+    order = lambda t: t[np.lexsort(t.numpy().T[::-1])]  # noqa: E731
+    assert torch.equal(order(rows), order(full.x_train.flatten(1)))
+    again = Digits(num_clients=10, val_size=0.2, val_seed=3)
+    again.setup()
+    assert torch.equal(again.y_val, dm.y_val)
+    other = Digits(num_clients=10, val_size=0.2, val_seed=4)
+    other.setup()
+    assert not torch.equal(other.x_val, dm.x_val)
+    with pytest.raises(ValueError, match="data.val_size"):
+        Digits(num_clients=10, val_size=-1)
+    with pytest.raises(ValueError, match="data.val_size"):
+        Digits(num_clients=10, val_size=1790).setup()
+
+
+def test_run_leaves_metrics_csv_and_results_json(tmp_path):
+    torch.manual_seed(0)
+    dm = Digits(num_clients=10, batch_size=20, val_size=0.1, partition=Dirichlet(0.5))
+    trainer = _trainer(tmp_path, report_best_test=True)
+    summary = trainer.fit(ClientModule(CNN(1, 10, 8)), dm)
+    run = trainer.run_dir
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["round"]) for r in rows] == [1, 2, 3, 4]
+    evals = [r for r in rows if r["global/val_acc"]]
+    assert [int(r["round"]) for r in evals] == [2, 4]
+    record = json.loads((run / "results.json").read_text())
+    assert record["status"] == "finished" and record["rounds_completed"] == 4
+    assert record["final"]["global/test_acc"] == pytest.approx(float(rows[-1]["global/test_acc"]))
+    best = max(evals, key=lambda r: float(r["global/val_acc"]))
+    assert record["selected_by_val"]["round"] == int(best["round"])
+    assert record["test_acc_at_best_val"] == pytest.approx(float(best["global/test_acc"]))
+    assert summary["test_acc_at_best_val"] == pytest.approx(record["test_acc_at_best_val"])
+    assert record["bytes_up"] == pytest.approx(sum(float(r["round/bytes_up"]) for r in rows))
+    assert record["best_test_acc_paper_protocol"]["test_acc"] == pytest.approx(
+        max(float(r["global/test_acc"]) for r in evals))
+    assert record["versions"]["torch"].startswith("2.14")
+    assert (run / "partition.png").stat().st_size > 1000
+
+
+def test_resume_does_not_log_rounds_twice(tmp_path):
+    dm = Digits(num_clients=10, batch_size=20)
+    first = _trainer(tmp_path, rounds=2)
+    first.checkpoint_every = 1
+    first.fit(ClientModule(CNN(1, 10, 8)), dm)
+    # pretend the run went on to round 3 without a checkpoint, then resume from round 2
+    rows = (first.run_dir / "metrics.csv").read_text().splitlines()
+    (first.run_dir / "metrics.csv").write_text("\n".join(rows + [rows[-1].replace("2,", "3,", 1)]) + "\n")
+    resumed = _trainer(tmp_path, rounds=4)
+    resumed.fit(ClientModule(CNN(1, 10, 8)), Digits(num_clients=10, batch_size=20), ckpt_path="last")
+    with (resumed.run_dir / "metrics.csv").open() as f:
+        assert [int(r["round"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_classes_per_client_gives_exactly_k_classes(k):
+    labels = np.repeat(np.arange(10), 50)
+    parts = ClassesPerClient(k)(labels, 20, np.random.default_rng(0))
+    assert sorted(np.concatenate(parts).tolist()) == list(range(500))  # a partition
+    assert all(len(np.unique(labels[p])) == k for p in parts)
+    assert set(np.concatenate([np.unique(labels[p]) for p in parts]).tolist()) == set(range(10))
+    with pytest.raises(ValueError, match="partition.k"):
+        ClassesPerClient(11)(labels, 20, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("dist", ["dirichlet", "power_law"])
+def test_quantity_skew_sizes_vary_labels_do_not(dist):
+    labels = np.repeat(np.arange(10), 300)
+    parts = QuantitySkew(dist, beta=0.3, alpha=1.2, min_size=5)(labels, 30, np.random.default_rng(1))
+    sizes = np.array([len(p) for p in parts])
+    assert sorted(np.concatenate(parts).tolist()) == list(range(3000))
+    assert sizes.min() >= 5 and sizes.max() > 4 * np.median(sizes)
+    big = parts[int(np.argmax(sizes))]
+    assert np.bincount(labels[big], minlength=10).min() > 0.5 * len(big) / 10  # labels stay IID
+
+
+def test_power_law_proportions_follow_the_exponent():
+    p = np.sort(QuantitySkew("power_law", alpha=2.0).proportions(4, np.random.default_rng(0)))[::-1]
+    assert p == pytest.approx(np.array([1, 1 / 4, 1 / 9, 1 / 16]) / (1 + 1 / 4 + 1 / 9 + 1 / 16))
+
+
+def test_partition_bubble_chart_has_one_bubble_per_nonzero_count():
+    from datamodules.plot import plot_label_distribution
+
+    counts = np.array([[3, 0, 1], [0, 0, 5]])
+    fig = plot_label_distribution(counts, title="t")
+    offsets = fig.axes[0].collections[0].get_offsets()
+    assert sorted(map(tuple, np.asarray(offsets).tolist())) == [(0, 0), (0, 2), (1, 2)]
+    sizes = fig.axes[0].collections[0].get_sizes()
+    assert max(sizes) == pytest.approx(300.0) and min(sizes) == pytest.approx(60.0)
+
+
+def test_rounds_to_target_and_grouping():
+    assert rounds_to([(5, 0.4), (10, 0.61), (15, 0.7)], 0.6) == 10
+    assert rounds_to([(5, 0.4)], 0.6) is None
+    runs = [{"group": "a", "record": {"rounds_completed": 10, "final": {"global/test_acc": acc},
+                                       "test_acc_at_best_val": acc - 0.1, "bytes_up": 1e6, "bytes_down": 1e6,
+                                       "wall_time_s": 1.0}, "curve": [(5, acc - 0.2), (10, acc)]}
+            for acc in (0.6, 0.8)]
+    row = summarize(runs, (0.7,))[0]
+    assert row["runs"] == 2 and row["final_test_acc"][0] == pytest.approx(0.7)
+    assert row["final_test_acc"][1] == pytest.approx(math.sqrt(0.02))
+    assert row["rounds_to_0.7"] == (10, 1)
+    assert "70.00 ± 14.14" in markdown_table([row], (0.7,))
+
+
+def test_sweep_then_report_on_digits(tmp_path, capsys):
+    """The acceptance run: a 2-method x 2-seed sweep on Digits, then the report."""
+    from flcore.cli import main
+
+    quick = open(QUICKSTART).read()
+    fedavg = tmp_path / "fedavg.yaml"
+    fedavg.write_text(quick.replace("class_path: flcore.strategies.FedCross", "class_path: flcore.strategies.FedAvg")
+                      .replace("    init_args:\n      alpha: 0.99\n      selection: lowest_similarity\n", ""))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"""
+log_dir: {tmp_path / 'runs'}
+configs:
+  fedavg: {fedavg}
+  fedcross: {QUICKSTART}
+grid:
+  seed_everything: [0, 1]
+args: [--trainer.rounds, "2", --trainer.eval_every, "1", --trainer.local.max_epochs, "1"]
+""")
+    runs = expand(__import__("yaml").safe_load(grid.read_text()))
+    assert [r["name"] for r in runs] == ["fedavg__seed=0", "fedavg__seed=1", "fedcross__seed=0", "fedcross__seed=1"]
+    assert main(["sweep", str(grid), "--workers", "2"]) == 0
+    assert all(run_status(r["run_root"]) == "finished" for r in runs)
+    assert main(["sweep", str(grid), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("finished ") == 4  # a second sweep would skip every run
+    out = tmp_path / "report"
+    assert main(["report", str(tmp_path / "runs"), "--out", str(out), "--target", "0.3"]) == 0
+    loaded = load_runs([tmp_path / "runs"])
+    assert sorted({r["group"] for r in loaded}) == ["fedavg", "fedcross"]
+    table = (out / "report.md").read_text()
+    assert table.count("\n") == 4 and "| fedavg | 2 | 2 |" in table
+    with (out / "report.csv").open() as f:
+        rows = {r["group"]: r for r in csv.DictReader(f)}
+    finals = [r["record"]["final"]["global/test_acc"] for r in loaded if r["group"] == "fedavg"]
+    assert float(rows["fedavg"]["final_test_acc_mean"]) == pytest.approx(np.mean(finals))
+    assert (out / "curves.png").stat().st_size > 1000
