@@ -205,6 +205,37 @@ class FederatedDataModule(L.LightningDataModule):
         """``(num_clients, num_classes)`` label counts of the clients' training data."""
         return label_distribution(self.y_train.numpy(), self.client_indices, self.num_classes)
 
+    def client_test_sets(self, size: int = 100) -> list[np.ndarray]:
+        """Each client's held-out local test data, as index arrays into the global test set
+        (``x_test``): LEAF datamodules return the users' own test splits; others draw, for every
+        client, ``size`` test samples whose labels follow that client's training label
+        distribution (largest-remainder rounding; without replacement within a client, capped at
+        the test samples of the class), seeded by ``seed``. Cached per ``size``.
+
+        Raises:
+            ValueError: ``size < 1``.
+        """
+        native = getattr(self, "client_test_indices", None)
+        if native:
+            return native
+        if size < 1:
+            raise ValueError(f"trainer.client_test_size: must be >= 1, got {size}")
+        cache = self.__dict__.setdefault("_client_test_sets", {})
+        if size not in cache:
+            rng = np.random.default_rng([self.seed, 7])
+            y_test = self.y_test.numpy()
+            by_class = [np.flatnonzero(y_test == c) for c in range(self.num_classes)]
+            sets = []
+            for counts in self.label_distribution():
+                share = counts / max(counts.sum(), 1) * size
+                k = np.floor(share).astype(int)
+                k[np.argsort(-(share - k))[: size - k.sum()]] += 1
+                sets.append(np.sort(np.concatenate(
+                    [rng.choice(by_class[c], min(k[c], len(by_class[c])), replace=False) for c in range(len(k))
+                     if k[c] and len(by_class[c])] or [np.zeros(0, dtype=np.int64)])))
+            cache[size] = sets
+        return cache[size]
+
     def partition_checksum(self) -> str:
         """SHA-256 of the partition (to check that a resumed run sees the same split)."""
         h = hashlib.sha256()

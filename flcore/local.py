@@ -20,7 +20,9 @@ import warnings
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from torch import Tensor
 
 from datamodules.base import ShuffledEpochs
 from flcore.seeding import STREAM_CLIENT, derive_seed
@@ -251,6 +253,25 @@ class LocalRunner:
             self.trainer.callbacks.remove(schedule)
             module.zero_grad(set_to_none=True)  # gradients are dead now: free them (one model copy)
         return schedule.outcomes
+
+    @torch.no_grad()
+    def sample_correct(self, state, indices: np.ndarray, arch: str | None = None) -> Tensor:
+        """``(len(indices),)`` bool: whether ``state`` (of architecture ``arch``) classifies each
+        global test sample ``x_test[indices]`` correctly (eval mode, batches of
+        ``eval_batch_size``; for per-client accuracies, where one pass over the union of the
+        clients' test sets replaces one Lightning test loop per client)."""
+        module = self.modules[arch]
+        module.net.load_state_dict(state)
+        was = module.training
+        module.eval()
+        device = module.device
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        out = []
+        for chunk in idx.split(self.datamodule.eval_batch_size):
+            x, y = self.datamodule.x_test[chunk].to(device), self.datamodule.y_test[chunk].to(device)
+            out.append((module(x).argmax(1) == y).cpu())
+        module.train(was)
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
     def evaluate(self, state, stage: str = "test", arch: str | None = None, dataloader=None) -> dict[str, float]:
         """Accuracy and loss (``test_acc``, ``test_loss``) of ``state`` (of architecture ``arch``)

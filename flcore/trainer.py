@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -29,6 +30,17 @@ from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, Stra
 from flcore.strategies.fedavg import FedAvg
 
 __all__ = ["FederatedTrainer"]
+
+
+def client_accuracy_stats(accs: np.ndarray) -> dict[str, float]:
+    """Mean, standard deviation, minimum and worst-10 % mean (the mean over the
+    ``ceil(0.1 * n)`` lowest) of per-client accuracies, ignoring NaN (clients without test data)."""
+    a = np.sort(np.asarray(accs, dtype=float)[~np.isnan(accs)])
+    if not len(a):
+        return {}
+    worst = a[: max(1, math.ceil(0.1 * len(a)))]
+    return {"clients/test_acc_mean": float(a.mean()), "clients/test_acc_std": float(a.std()),
+            "clients/test_acc_min": float(a[0]), "clients/test_acc_worst10": float(worst.mean())}
 
 
 def _payload_bytes(payload: dict[str, Any]) -> int:
@@ -77,6 +89,14 @@ class FederatedTrainer:
             (``global/test_acc``).
         client_architectures: an explicit architecture name per client (length
             ``data.num_clients``), instead of the even spread.
+        client_eval_every: every this many rounds (and after the last; 0: never), evaluate the
+            global model on every client's held-out local test data
+            (:meth:`FederatedDataModule.client_test_sets`: LEAF's own per-user test splits, else
+            ``client_test_size`` test samples following the client's label distribution); logs
+            ``clients/test_acc_mean``, ``_std``, ``_worst10`` (mean over the worst 10 % of
+            clients), ``_min`` and a TensorBoard histogram ``clients/test_acc``. In
+            heterogeneous runs each client uses its architecture's global model.
+        client_test_size: test samples per client for vision datasets (>= 1).
         report_best_test: also report the highest test accuracy over the evaluated rounds, the
             papers' "best test accuracy" (selected on the test set, so optimistic), labelled as
             such in ``results.json`` and the summary. Model selection otherwise uses the
@@ -114,6 +134,8 @@ class FederatedTrainer:
         on_client_failure: str = "drop",
         architectures: list[str] | None = None,
         client_architectures: list[str] | None = None,
+        client_eval_every: int = 0,
+        client_test_size: int = 100,
         report_best_test: bool = False,
     ):
         self.strategy = strategy if strategy is not None else FedAvg()
@@ -135,6 +157,7 @@ class FederatedTrainer:
         self._modules: dict[str, L.LightningModule] | None = None  # per architecture (heterogeneous runs)
         self._client_arch: list[str] = []
         self.report_best_test = bool(report_best_test)
+        self.client_eval_every, self.client_test_size = client_eval_every, client_test_size
         self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
         self.history: list[dict[str, float]] = []
         self.run_dir: Path | None = None
@@ -145,6 +168,8 @@ class FederatedTrainer:
         for field, value, low in (("rounds", self.rounds, 1), ("eval_every", self.eval_every, 1),
                                   ("clients_per_round", self.clients_per_round, 1),
                                   ("checkpoint_every", self.checkpoint_every, 0),
+                                  ("client_eval_every", self.client_eval_every, 0),
+                                  ("client_test_size", self.client_test_size, 1),
                                   ("keep_checkpoints", self.keep_checkpoints, 0)):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"trainer.{field}: must be an integer >= {low}, got {value!r}")
@@ -319,6 +344,11 @@ class FederatedTrainer:
                 for rnd in range(start, self.rounds):
                     out_of_time = self.max_time_s is not None and time.perf_counter() - t0 >= self.max_time_s
                     state, metrics, completed = *self._round(rnd, state, runner, datamodule, seed, out_of_time), rnd + 1
+                    if self.client_eval_every and (completed % self.client_eval_every == 0 or completed == self.rounds
+                                                   or out_of_time):
+                        accs = self._evaluate_clients(runner, state)
+                        metrics.update(client_accuracy_stats(accs))
+                        logger.experiment.add_histogram("clients/test_acc", accs, global_step=completed)
                     self.history.append({"round": completed, **metrics})
                     logger.log_metrics(metrics, step=completed)
                     write_metrics_csv(self.run_dir / "metrics.csv", self.history)
@@ -403,6 +433,26 @@ class FederatedTrainer:
                     vals = [v for k, v in out.items() if k.startswith(f"global/{key}/")]
                     out[f"global/{key}"] = sum(vals) / len(vals)
         return out
+
+    def _evaluate_clients(self, runner: LocalRunner, state) -> np.ndarray:
+        """``(num_clients,)`` accuracies of the global model(s) on each client's local test data
+        (NaN for a client without test data)."""
+        sets = runner.datamodule.client_test_sets(self.client_test_size)
+        models = ({None: self.strategy.global_model(state)} if self._modules is None
+                  else self.strategy.global_models(state))
+        accs = np.full(len(sets), np.nan)
+        for arch, arch_state in models.items():
+            clients = [c for c in range(len(sets)) if arch is None or self._client_arch[c] == arch]
+            union, inverse = np.unique(np.concatenate([sets[c] for c in clients] or [np.zeros(0, np.int64)]),
+                                       return_inverse=True)
+            correct = runner.sample_correct(arch_state, union, arch=arch).numpy()[inverse]
+            start = 0
+            for c in clients:
+                n = len(sets[c])
+                if n:
+                    accs[c] = correct[start:start + n].mean()
+                start += n
+        return accs
 
     # ------------------------------------------------------------------ evaluate a checkpoint
     def validate(self, model: L.LightningModule, datamodule=None, ckpt_path: str | None = "last") -> dict[str, float]:

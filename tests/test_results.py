@@ -173,3 +173,38 @@ args: [--trainer.rounds, "2", --trainer.eval_every, "1", --trainer.local.max_epo
     finals = [r["record"]["final"]["global/test_acc"] for r in loaded if r["group"] == "fedavg"]
     assert float(rows["fedavg"]["final_test_acc_mean"]) == pytest.approx(np.mean(finals))
     assert (out / "curves.png").stat().st_size > 1000
+
+
+def test_client_test_sets_follow_label_distribution():
+    dm = Digits(num_clients=10, partition=Dirichlet(0.3))
+    dm.setup()
+    sets = dm.client_test_sets(50)
+    dist = dm.label_distribution()
+    for counts, idx in zip(dist, sets):
+        assert len(idx) == 50 and len(np.unique(idx)) == 50
+        got = np.bincount(dm.y_test.numpy()[idx], minlength=10)
+        expected = counts / counts.sum() * 50
+        assert np.all(np.abs(got - expected) < 1 + 1e-9)  # largest-remainder rounding
+    assert dm.client_test_sets(50) is sets  # cached
+
+
+def test_per_client_evaluation_matches_hand_computation(tmp_path):
+    from flcore.trainer import client_accuracy_stats
+
+    dm = Digits(num_clients=10, batch_size=20, partition=Dirichlet(0.5))
+    trainer = _trainer(tmp_path, rounds=2, client_eval_every=2, client_test_size=30)
+    trainer.fit(ClientModule(CNN(1, 10, 8)), dm)
+    row = trainer.history[-1]
+    # recompute by hand from the saved global model
+    from flcore.checkpoint import load_checkpoint
+
+    net = CNN(1, 10, 8)
+    net.load_state_dict(load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")["strategy_state"]["global"])
+    net.eval()
+    with torch.no_grad():
+        accs = np.array([(net(dm.x_test[s]).argmax(1) == dm.y_test[s]).float().mean().item()
+                         for s in dm.client_test_sets(30)])
+    assert row["clients/test_acc_mean"] == pytest.approx(accs.mean(), abs=1e-6)
+    assert row["clients/test_acc_worst10"] == pytest.approx(np.sort(accs)[0], abs=1e-6)  # ceil(0.1 * 10) = 1
+    stats = client_accuracy_stats(np.array([0.5, np.nan, 1.0, 0.0]))
+    assert stats["clients/test_acc_mean"] == pytest.approx(0.5) and stats["clients/test_acc_worst10"] == 0.0
