@@ -39,6 +39,7 @@ def plot_label_distribution(counts: np.ndarray, title: str | None = None, max_cl
 
         matplotlib.use("Agg", force=False)
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError("plot_label_distribution needs matplotlib: pip install 'flcore[plot]'") from None
     counts = np.asarray(counts)
@@ -56,6 +57,7 @@ def plot_label_distribution(counts: np.ndarray, title: str | None = None, max_cl
     ax.set_ylabel("class")
     ax.set_yticks(range(n_classes), class_names if class_names is not None else [str(c) for c in range(n_classes)])
     ax.set_xlim(-1, n_clients)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(-0.7, n_classes - 0.3)
     ax.grid(alpha=0.3)
     if title:

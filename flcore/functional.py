@@ -218,6 +218,10 @@ def dynamic_alpha(target: float, step: int, steps: int, start: float = 0.5) -> f
     return float(start + (target - start) * max(step, 0) / steps)
 
 
+#: ``similarity_matrix`` modes.
+SIMILARITY_MODES = ("model", "layerwise", "authors")
+
+
 def similarity_matrix(
     states: Sequence[Mapping[str, Tensor]],
     mode: str = "model",
@@ -229,9 +233,14 @@ def similarity_matrix(
     The paper prints ``sum X_i Y_i / (||X|| + ||Y||)``; that is a typo: this computes the true
     cosine similarity ``<X, Y> / (||X|| ||Y||)``.
 
-    * ``mode="model"``: one cosine over the whole flattened model (all floating entries).
-    * ``mode="layerwise"``: the sum over state_dict keys of the per-key cosine similarities,
-      as the FedCross authors' code does (range ``[-L, L]`` for L keys).
+    * ``mode="model"``: one cosine over the whole flattened model (the trained weights).
+    * ``mode="layerwise"``: the sum over state_dict keys of the per-key cosine similarities
+      (range ``[-L, L]`` for L keys).
+    * ``mode="authors"``: the measure of the FedCross authors' code as recorded in DESIGN.md:
+      every state_dict entry (buffers included, integers as floats), taken in consecutive pairs
+      of keys (a layer's weight with its bias: keys 0-1, 2-3, ...; an odd last key alone), one
+      cosine per pair over the pair's concatenated entries, summed, with the last pair's cosine
+      counted twice.
 
     One pass over the models: each key's K tensors are stacked, ``chunk_elems`` columns at a
     time, into a ``(K, chunk)`` block whose Gram matrix ``X X^T`` is computed in float32 (float64
@@ -253,16 +262,17 @@ def similarity_matrix(
     Raises:
         ValueError: on an unknown ``mode``.
     """
-    if mode not in ("model", "layerwise"):
-        raise ValueError(f"similarity: must be one of ['model', 'layerwise'], got {mode!r}")
+    if mode not in SIMILARITY_MODES:
+        raise ValueError(f"similarity: must be one of {list(SIMILARITY_MODES)}, got {mode!r}")
     _check_same_keys(states)
     k = len(states)
-    if keys is None:
+    if keys is None and mode == "authors":
+        keys = list(states[0])
+    elif keys is None:
         keys = [key for key, t in states[0].items()
                 if t.is_floating_point() and not key.endswith(("running_mean", "running_var"))]
-    total = torch.zeros(k, k, dtype=torch.float64)
-    gram_all = torch.zeros(k, k, dtype=torch.float64)
     step = max(1, chunk_elems)
+    grams = []
     for key in keys:
         flats = [s[key].detach().reshape(-1) for s in states]
         gram = torch.zeros(k, k, dtype=torch.float64)
@@ -271,11 +281,13 @@ def similarity_matrix(
             if block.dtype != torch.float64:
                 block = block.to(torch.float32)
             gram += (block @ block.T).to(torch.float64)
-        if mode == "layerwise":
-            total += _cosine_from_gram(gram)
-        else:
-            gram_all += gram
-    return total if mode == "layerwise" else _cosine_from_gram(gram_all)
+        grams.append(gram)
+    if mode == "model":
+        return _cosine_from_gram(sum(grams, torch.zeros(k, k, dtype=torch.float64)))
+    if mode == "layerwise":
+        return sum((_cosine_from_gram(g) for g in grams), torch.zeros(k, k, dtype=torch.float64))
+    pairs = [_cosine_from_gram(sum(grams[i : i + 2])) for i in range(0, len(grams), 2)]  # Gram of a concatenation
+    return sum(pairs, torch.zeros(k, k, dtype=torch.float64)) + (pairs[-1] if pairs else 0)
 
 
 def _cosine_from_gram(gram: Tensor) -> Tensor:

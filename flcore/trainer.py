@@ -562,8 +562,12 @@ class FederatedTrainer:
         except ImportError:
             return
         try:
-            fig = plot_label_distribution(datamodule.label_distribution(), title=f"{type(datamodule).__name__}: "
-                                          f"{type(datamodule.partition).__name__}")
+            part = datamodule.partition
+            args = ", ".join(f"{k}={v}" for k, v in vars(part).items() if isinstance(v, (int, float, str))
+                             and not k.startswith("max_"))
+            fig = plot_label_distribution(datamodule.label_distribution(),
+                                          title=f"{type(datamodule).__name__}: {type(part).__name__}({args}), "
+                                                f"{datamodule.num_clients} clients")
         except ImportError:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)

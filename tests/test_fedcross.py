@@ -220,3 +220,48 @@ def test_fedcross_aggregate_leaves_failed_slot_model_of_previous_state_untouched
     new = strategy.aggregate_fit(1, results, state, np.random.default_rng(0))
     assert torch.equal(state["models"][2]["w"], torch.zeros(3))  # previous state intact
     assert torch.allclose(sum(m["w"] for m in new["models"]), torch.full((3,), 3.0))  # sum kept: 1 + 2 + 0
+
+
+def test_authors_similarity_sums_pair_cosines_last_pair_twice():
+    """similarity='authors': cosines of consecutive key pairs (buffers included), summed, the last
+    pair counted twice; checked against a hand computation on three keys."""
+    from flcore.functional import similarity_matrix
+
+    g = torch.Generator().manual_seed(0)
+    states = [{"a.weight": torch.randn(3, 2, generator=g), "a.bias": torch.randn(3, generator=g),
+               "bn.running_mean": torch.randn(4, generator=g)} for _ in range(3)]
+
+    def cos(u, v):
+        return float(u @ v / (u.norm() * v.norm()))
+
+    sim = similarity_matrix(states, "authors")
+    for i in range(3):
+        for j in range(3):
+            p1 = [torch.cat([s["a.weight"].flatten(), s["a.bias"]]) for s in (states[i], states[j])]
+            p2 = [s["bn.running_mean"] for s in (states[i], states[j])]
+            assert sim[i, j].item() == pytest.approx(cos(*p1) + 2 * cos(*p2), rel=1e-5)
+
+
+def test_uniform_first_stage_is_the_unweighted_mean():
+    from flcore.strategies.base import ClientResult
+
+    s = FedCross(first_stage_rounds=1, first_stage_weighting="uniform")
+    state = s.initialize({"w": torch.zeros(2)}, 2)
+    results = [ClientResult(cid=0, slot=0, state={"w": torch.tensor([1.0, 1.0])}, num_samples=1),
+               ClientResult(cid=1, slot=1, state={"w": torch.tensor([3.0, 5.0])}, num_samples=3)]
+    new = s.aggregate_fit(0, results, state, np.random.default_rng(0))
+    assert torch.allclose(new["models"][0]["w"], torch.tensor([2.0, 3.0]))
+    weighted = FedCross(first_stage_rounds=1).aggregate_fit(0, results, state, np.random.default_rng(0))
+    assert torch.allclose(weighted["models"][1]["w"], torch.tensor([2.5, 4.0]))
+    with pytest.raises(ValueError, match="first_stage_weighting"):
+        FedCross(first_stage_weighting="median")
+
+
+def test_equal_propeller_weighting_averages_model_and_propellers():
+    s = FedCross(alpha=0.99, propeller_rounds=2, num_propellers=2, propeller_weighting="equal")
+    ups = [{"w": torch.tensor([float(i)])} for i in range(4)]
+    out = s.combine(0, [dict(u) for u in ups], np.random.default_rng(0))
+    partners = s.partners_at(0, ups)
+    for i, p in enumerate(partners):
+        assert out[i]["w"].item() == pytest.approx((i + sum(p)) / 3)  # 1/(m+1) each
+    assert s.alpha_at(2) == 0.99  # after the propeller stage

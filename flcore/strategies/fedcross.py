@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flcore.functional import (
+    SIMILARITY_MODES,
     cross_aggregate,
     dynamic_alpha,
     in_order_partners,
@@ -14,7 +15,7 @@ from flcore.strategies.multimodel import MultiModelStrategy
 __all__ = ["FedCross"]
 
 SELECTIONS = ("in_order", "highest_similarity", "lowest_similarity")
-SIMILARITIES = ("model", "layerwise")
+SIMILARITIES = SIMILARITY_MODES
 
 
 class FedCross(MultiModelStrategy):
@@ -28,8 +29,9 @@ class FedCross(MultiModelStrategy):
     Collaborative-model selection (Sec. III-B.1): ``in_order`` (partner
     ``(i + r % (K-1) + 1) % K``), ``highest_similarity`` or ``lowest_similarity`` (default) of the
     cosine similarity between the uploaded models, computed once per round as a K x K matrix:
-    ``similarity: model`` (one cosine over all trained weights) or ``layerwise`` (sum of per-layer
-    cosines, as the authors' code).
+    ``similarity: model`` (one cosine over all trained weights; default), ``layerwise`` (sum of
+    per-key cosines) or ``authors`` (the FedCross authors' code: cosines of consecutive key pairs,
+    buffers included, summed; see :func:`flcore.functional.similarity_matrix`).
 
     Acceleration (Sec. III-D), counted from the end of the first stage:
 
@@ -44,11 +46,17 @@ class FedCross(MultiModelStrategy):
     Args:
         alpha: weight of the model itself, in [0.5, 1) (paper default 0.99).
         selection: one of ``in_order``, ``highest_similarity``, ``lowest_similarity``.
-        similarity: ``model`` or ``layerwise``.
+        similarity: ``model``, ``layerwise`` or ``authors``.
         first_stage_rounds: FedAvg rounds before cross-aggregation (default 0).
         propeller_rounds: rounds with propeller models (default 0).
         num_propellers: propeller models per middleware model, in [1, K-1] (default 2).
         dynamic_alpha_rounds: rounds of the dynamic-alpha schedule (default 0).
+        first_stage_weighting: ``samples`` (default) or ``uniform`` first-stage averaging
+            (:class:`MultiModelStrategy`).
+        propeller_weighting: during the propeller rounds, ``alpha`` (default: each propeller gets
+            the collaborative model's relative weight ``1 - alpha``, about 0.009 each for
+            alpha 0.99 and m = 9) or ``equal`` (the model and its m propellers averaged with
+            weight ``1 / (m + 1)`` each: a stronger, coarse-grained reading of Sec. III-D).
 
     Raises:
         ValueError: alpha outside [0.5, 1); unknown selection or similarity; negative round
@@ -64,8 +72,13 @@ class FedCross(MultiModelStrategy):
         propeller_rounds: int = 0,
         num_propellers: int = 2,
         dynamic_alpha_rounds: int = 0,
+        first_stage_weighting: str = "samples",
+        propeller_weighting: str = "alpha",
     ):
-        super().__init__(first_stage_rounds)
+        super().__init__(first_stage_rounds, first_stage_weighting)
+        if propeller_weighting not in ("alpha", "equal"):
+            raise ValueError(f"strategy.propeller_weighting: must be one of ['alpha', 'equal'], got {propeller_weighting!r}")
+        self.propeller_weighting = propeller_weighting
         if not 0.5 <= alpha < 1.0:
             raise ValueError(f"strategy.alpha: must be in [0.5, 1), got {alpha}")
         if selection not in SELECTIONS:
@@ -94,6 +107,8 @@ class FedCross(MultiModelStrategy):
 
     def alpha_at(self, rnd: int) -> float:
         """Alpha used in round ``rnd`` (0-based): dynamic schedule or the target."""
+        if self.propeller_weighting == "equal" and 0 <= rnd - self.first_stage_rounds < self.propeller_rounds:
+            return 0.5  # equal weights for the model and each propeller (cross_aggregate's normalisation)
         t = rnd - self.first_stage_rounds - self.propeller_rounds
         if 0 <= t < self.dynamic_alpha_rounds:
             return dynamic_alpha(self.alpha, t, self.dynamic_alpha_rounds)

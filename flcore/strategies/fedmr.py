@@ -26,13 +26,16 @@ class FedMR(MultiModelStrategy):
             together).
         recombine: ``False`` gives the ablation "FedMR w/o MR" (Fig. 4): trained models go to
             random clients with neither aggregation nor recombination.
+        first_stage_weighting: ``samples`` (default: sample-weighted, as FedAvg) or ``uniform``
+            (the authors' code: the unweighted mean of the K models) first-stage averaging.
 
     Raises:
-        ValueError: unknown ``unit``; negative ``first_stage_rounds``.
+        ValueError: unknown ``unit`` or ``first_stage_weighting``; negative ``first_stage_rounds``.
     """
 
-    def __init__(self, first_stage_rounds: int = 0, unit: str = "key", recombine: bool = True):
-        super().__init__(first_stage_rounds)
+    def __init__(self, first_stage_rounds: int = 0, unit: str = "key", recombine: bool = True,
+                 first_stage_weighting: str = "samples"):
+        super().__init__(first_stage_rounds, first_stage_weighting)
         if unit not in ("key", "module"):
             raise ValueError(f"strategy.unit: must be one of ['key', 'module'], got {unit!r}")
         self.unit = unit

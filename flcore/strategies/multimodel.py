@@ -17,7 +17,9 @@ class MultiModelStrategy(Strategy):
     """K = clients_per_round models; model ``i`` trains on the ``i``-th of the shuffled clients.
 
     * Round ``r < first_stage_rounds``: FedAvg stage (FedMR Sec. III-C): the uploaded models are
-      averaged weighted by sample count and all K models are reset to that average.
+      averaged and all K models are reset to that average; weighted by sample count
+      (``first_stage_weighting: samples``, flcore's default, as FedAvg) or unweighted
+      (``uniform``, as the authors' code averages the K models).
     * Later rounds: :meth:`combine` (recombination, cross-aggregation) makes the next K models.
     * A slot whose client failed (no result) keeps its previous model.
     * Global model (FedMR Eq. 5, FedCross Sec. III-B.3): the unweighted mean of the K models; it
@@ -27,15 +29,20 @@ class MultiModelStrategy(Strategy):
 
     Args:
         first_stage_rounds: rounds of FedAvg aggregation before the multi-model stage (>= 0).
+        first_stage_weighting: ``samples`` or ``uniform`` (see above).
 
     Raises:
-        ValueError: ``first_stage_rounds < 0``; K < 2 (in :meth:`validate`).
+        ValueError: ``first_stage_rounds < 0``; an unknown weighting; K < 2 (in :meth:`validate`).
     """
 
-    def __init__(self, first_stage_rounds: int = 0):
+    def __init__(self, first_stage_rounds: int = 0, first_stage_weighting: str = "samples"):
         if first_stage_rounds < 0:
             raise ValueError(f"strategy.first_stage_rounds: must be >= 0, got {first_stage_rounds}")
+        if first_stage_weighting not in ("samples", "uniform"):
+            raise ValueError(f"strategy.first_stage_weighting: must be one of ['samples', 'uniform'], "
+                             f"got {first_stage_weighting!r}")
         self.first_stage_rounds = int(first_stage_rounds)
+        self.first_stage_weighting = first_stage_weighting
 
     def validate(self, num_clients: int, clients_per_round: int) -> None:
         if clients_per_round < 2:
@@ -60,7 +67,8 @@ class MultiModelStrategy(Strategy):
         owned = {r.slot: r.state for r in results}
         uploaded = [owned.get(i) or {k: v.clone() for k, v in m.items()} for i, m in enumerate(state["models"])]
         if rnd < self.first_stage_rounds:
-            avg = weighted_average([r.state for r in results], [r.weight for r in results])
+            weights = [r.weight if self.first_stage_weighting == "samples" else 1.0 for r in results]
+            avg = weighted_average([r.state for r in results], weights)
             return {**state, "models": [avg] * len(uploaded)}
         return {**state, "models": self.combine(rnd, uploaded, rng)}
 
