@@ -6,6 +6,9 @@ A grid file (YAML) names base configs and the values to cross with them::
     configs:                            # label -> config file (or a list of files: label = stem)
       fedavg: configs/fedavg_fmnist_lenet.yaml
       fedcross: configs/fedcross_fmnist_lenet.yaml
+      fedcross_pm_equal:                # a variant: a config plus arguments of its own
+        config: configs/fedcross_pm_fmnist_lenet.yaml
+        args: [--trainer.strategy.init_args.propeller_weighting, equal]
     grid:                               # dotted keys -> values; the cartesian product is run
       seed_everything: [0, 1, 2]
       data.init_args.partition.init_args.beta: [0.1, 0.5]
@@ -13,8 +16,8 @@ A grid file (YAML) names base configs and the values to cross with them::
 
 Every grid point is one ``flcore fit`` process named ``<label>__<key>=<value>...`` (the last
 part of each dotted key; ``seed_everything`` becomes ``seed``), so :mod:`flcore.report` groups
-seeds together. ``--workers`` processes run at once, each with ``cores // workers`` torch
-threads; any executor can be set inside the configs. Resumable: a run whose latest
+seeds together. ``--workers`` processes run at once, in the order of the file (configs, then grid
+values), each with ``--threads`` torch threads (default ``cores // workers``); any executor can be set inside the configs. Resumable: a run whose latest
 ``results.json`` says ``finished`` is skipped, and one with a checkpoint continues from it
 (``--ckpt_path last``), so a sweep can be stopped and started again at will.
 
@@ -47,8 +50,11 @@ def _short(key: str) -> str:
 def expand(grid_file: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs of a grid file: ``[{"name", "config", "args": [...]}, ...]`` in a stable order.
 
+    A ``configs`` entry is a path, or ``{"config": path, "args": [...]}`` (a variant of a config
+    under its own label).
+
     Raises:
-        ValueError: no ``configs``, or a ``grid`` value that is not a list.
+        ValueError: no ``configs``; a variant without ``config``; a ``grid`` value that is not a list.
     """
     configs = grid_file.get("configs")
     if isinstance(configs, list):
@@ -62,13 +68,19 @@ def expand(grid_file: dict[str, Any]) -> list[dict[str, Any]]:
     extra = [str(a) for a in grid_file.get("args") or []]
     log_dir = str(grid_file.get("log_dir", "runs/sweep"))
     runs = []
-    for label, config in configs.items():
+    for label, entry in configs.items():
+        own: list[str] = []
+        config = entry
+        if isinstance(entry, dict):
+            if "config" not in entry:
+                raise ValueError(f"configs.{label}: a variant needs 'config' (a file) and optional 'args', got {entry!r}")
+            config, own = entry["config"], [str(a) for a in entry.get("args") or []]
         for combo in itertools.product(*grid.values()) if grid else [()]:
             point = dict(zip(grid, combo))
             name = "__".join([label, *(f"{_short(k)}={v}" for k, v in point.items())])
             args = [arg for k, v in point.items() for arg in (f"--{k}", str(v))]
             runs.append({"name": name, "config": str(config),
-                         "args": [*args, *extra, "--trainer.log_dir", log_dir, "--trainer.name", name],
+                         "args": [*args, *own, *extra, "--trainer.log_dir", log_dir, "--trainer.name", name],
                          "run_root": str(Path(log_dir) / name)})
     return runs
 
@@ -103,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flcore sweep", description="Run a grid of experiments, resumably.")
     p.add_argument("grid", help="grid YAML (see flcore.sweep)")
     p.add_argument("--workers", type=int, default=1, help="runs at once (>= 1)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // workers)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their status, run nothing")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"--workers: must be >= 1, got {args.workers}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads: must be >= 1, got {args.threads}")
     try:
         runs = expand(yaml.safe_load(Path(args.grid).read_text()) or {})
     except (OSError, yaml.YAMLError, ValueError) as err:
@@ -115,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run_status(run['run_root']):9s} {run['name']}")
     if args.dry_run:
         return 0
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     with ThreadPoolExecutor(args.workers) as pool:
         outcomes = list(pool.map(lambda r: _launch(r, threads, Path(r["run_root"]) / "sweep.log"), runs))
     failed = [name for name, code, _ in outcomes if code]

@@ -227,3 +227,17 @@ def test_flwr_partitioner_adapter(class_path, init_args):
     dm = Digits(num_clients=8, partition=FlwrPartitioner(class_path, init_args))
     dm.setup()
     assert sum(dm.client_sizes) == len(dm.y_train)
+
+
+def test_sweep_variant_labels_carry_their_own_args():
+    """A ``configs`` entry may be a config plus arguments of its own (a variant under its label);
+    the variant's args come after the grid point's and before the file-wide ones."""
+    runs = expand({"log_dir": "runs/x",
+                   "configs": {"pm": "a.yaml", "pm_equal": {"config": "a.yaml", "args": ["--k", "equal"]}},
+                   "grid": {"seed_everything": [3]}, "args": ["--z", "1"]})
+    assert [r["name"] for r in runs] == ["pm__seed=3", "pm_equal__seed=3"]
+    assert runs[1]["config"] == "a.yaml"
+    assert runs[1]["args"][:6] == ["--seed_everything", "3", "--k", "equal", "--z", "1"]
+    assert runs[0]["args"][:4] == ["--seed_everything", "3", "--z", "1"]
+    with pytest.raises(ValueError, match="configs.bad: a variant needs 'config'"):
+        expand({"configs": {"bad": {"args": []}}})
