@@ -8,7 +8,10 @@ the usual per-channel statistics.
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -102,9 +105,10 @@ class MNIST(_TorchvisionImages):
 class FashionMNIST(_TorchvisionImages):
     """Fashion-MNIST: 60,000 / 10,000 grey 28x28 images, 10 classes.
 
-    Reads ``root/FashionMNIST/raw``. When that holds nothing and Debian's
-    ``dataset-fashion-mnist`` package is installed (``/usr/share/datasets/fashion-mnist``), the
-    package's gzip IDX files are unpacked into ``root/FashionMNIST/raw`` once and used.
+    Reads ``root/FashionMNIST/raw``. When Debian's ``dataset-fashion-mnist`` package is installed
+    (``/usr/share/datasets/fashion-mnist``) and ``download`` is off, the package's gzip IDX files
+    that are missing there are unpacked into ``root/FashionMNIST/raw`` (atomically, so runs
+    started together on a fresh root do not race) and used.
     """
 
     num_classes = 10
@@ -118,13 +122,31 @@ class FashionMNIST(_TorchvisionImages):
 
     def load(self):
         raw = Path(self.root) / "FashionMNIST" / "raw"
-        if not self.download and not any(raw.glob("*-ubyte")) and DEBIAN_FASHION_MNIST.is_dir():
-            from torchvision.datasets.utils import extract_archive
-
-            raw.mkdir(parents=True, exist_ok=True)
-            for gz in sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")):
-                extract_archive(str(gz), str(raw))
+        if not self.download and DEBIAN_FASHION_MNIST.is_dir():
+            _unpack_debian_fashion_mnist(raw)
         return super().load()
+
+
+def _unpack_debian_fashion_mnist(raw: Path) -> None:
+    """Unpack the Debian package's gzip IDX files into ``raw``, each file that is missing there.
+
+    Safe for runs started together on one fresh ``root``: each file is decompressed into a
+    private temporary file beside its destination and moved into place with one atomic
+    ``os.replace``, so a reader sees a missing file or a whole one, never a partial one.
+    """
+    raw.mkdir(parents=True, exist_ok=True)
+    for gz in sorted(DEBIAN_FASHION_MNIST.glob("*-ubyte.gz")):
+        target = raw / gz.name[: -len(".gz")]
+        if target.exists():
+            continue
+        fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{target.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, gzip.open(gz, "rb") as src:
+                shutil.copyfileobj(src, out, length=1 << 20)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 class CIFAR10(_TorchvisionImages):

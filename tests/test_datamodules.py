@@ -52,6 +52,28 @@ def test_fashion_mnist_uses_debian_package_files(tmp_path, monkeypatch):
     assert (tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").is_file()
 
 
+def test_fashion_mnist_unpack_is_atomic_and_completes_a_partial_folder(tmp_path, monkeypatch):
+    """Runs started together on a fresh root each unpack the Debian files: every reader sees whole
+    files, no temporary file is left, and a folder holding only some files is completed."""
+    import gzip
+    from concurrent.futures import ThreadPoolExecutor
+
+    debian = tmp_path / "debian"
+    write_mnist_like(debian, gz=True)
+    monkeypatch.setattr(vision, "DEBIAN_FASHION_MNIST", debian)
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: vision._unpack_debian_fashion_mnist(raw), range(8)))
+    names = sorted(p.name for p in raw.iterdir())
+    assert names == sorted(g.name[:-3] for g in debian.glob("*.gz"))  # no .part left
+    for gz in debian.glob("*.gz"):
+        assert (raw / gz.name[:-3]).read_bytes() == gzip.open(gz).read()
+    (raw / "t10k-labels-idx1-ubyte").unlink()  # a folder with 3 of the 4 files
+    dm = FashionMNIST(root=str(tmp_path / "data"), num_clients=4)
+    dm.setup()
+    assert len(dm.y_test) == 20
+
+
 @pytest.fixture
 def no_md5(monkeypatch):
     # Fixtures cannot match the real files' MD5 sums; check presence only in these tests.
