@@ -67,7 +67,7 @@ from flcore.executors import SequentialExecutor  # noqa: E402
 from flcore.functional import layerwise_average, weighted_average  # noqa: E402
 from flcore.local import LocalRunner  # noqa: E402
 from flcore.strategies import FedCross, FedMR  # noqa: E402
-from flcore.strategies.base import ClientTask  # noqa: E402
+from flcore.messages import ClientTask  # noqa: E402
 from lightning_modules import ClientModule  # noqa: E402
 from lightning_modules.models import CNN, VGG16, LeNetCNN, ResNet20  # noqa: E402
 
@@ -362,7 +362,7 @@ def _flcore_round_driver(dm, make, k, epochs, cl, executor=None):
     box = {"state": trainer.strategy.initialize({k_: v.clone() for k_, v in net.state_dict().items()}, k)}
 
     def run_round(r):
-        box["state"], _ = trainer._round(r, box["state"], runner, dm, 0)
+        box["state"], _, _ = trainer._round(r, box["state"], {}, runner, dm, 0)
         return trainer.sampler.sample(r, dm.num_clients, k, round_rng(0, r, STREAM_SAMPLER))
 
     return run_round, trainer.executor.close

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from datamodules.base import ShuffledEpochs
 from flcore.seeding import STREAM_CLIENT, derive_seed
-from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
+from flcore.messages import ClientFailure, ClientResult, ClientTask
 
 __all__ = ["LocalRunner", "LocalEpochs", "DEFAULT_LOCAL", "quiet_lightning"]
 
@@ -93,6 +93,8 @@ class _ClientSchedule(L.Callback):
         self.current = index
         task = self.tasks[index]
         pl_module.net.load_state_dict(task.state)
+        if pl_module.keeps_client_state:
+            pl_module.load_client_state(task.client_state)
         pl_module.configure_client(task.payload)
         for optimizer in trainer.optimizers:  # a fresh optimizer for every client, as in the papers
             optimizer.state.clear()
@@ -122,8 +124,10 @@ class _ClientSchedule(L.Callback):
             return
         task = self.tasks[self.current]
         state = {k: v.detach().to("cpu", copy=True) for k, v in module.net.state_dict().items()}
+        upload = module.client_upload()
         result = ClientResult(cid=task.cid, slot=task.slot, state=state, num_samples=self.sources[self.current].num_samples,
-                              metrics=dict(module.train_metrics), payload=module.client_upload())
+                              metrics=dict(module.train_metrics), payload=upload,
+                              client_state=module.client_state() if module.keeps_client_state else None)
         self.outcomes.append(_check_finite(result))
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -56,7 +56,23 @@ class ClientModule(L.LightningModule):
 
     Logged per epoch (not per step): ``train_loss``, ``train_acc``; in validate/test:
     ``val_loss``/``val_acc`` and ``test_loss``/``test_acc`` (sample-weighted means).
+
+    Contracts (class attributes that the federated trainer checks before any training):
+
+    * :attr:`server_strategies`: the server halves this objective needs;
+    * :attr:`keeps_client_state`: whether it keeps state on the client between rounds
+      (:meth:`load_client_state` / :meth:`client_state`).
     """
+
+    #: The server strategies this objective needs, as ``"module.Class"`` names (an instance of one
+    #: of them, or of a subclass, is required); empty: any strategy whose own
+    #: ``client_objective`` admits this module. An objective whose uploads only one server reads
+    #: (SCAFFOLD's ``delta_c``) names that server, so it never runs silently as another method.
+    server_strategies: ClassVar[tuple[str, ...]] = ()
+    #: Whether the objective keeps state on the client between its rounds (SCAFFOLD's c_i, MOON's
+    #: previous model). The trainer then keeps each client's :meth:`client_state`, checkpoints it,
+    #: and hands it back through :meth:`load_client_state` at the client's next participation.
+    keeps_client_state: ClassVar[bool] = False
 
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False):
         super().__init__()
@@ -99,11 +115,19 @@ class ClientModule(L.LightningModule):
         """Refuse per-client Trainer settings this objective cannot honour (raise ``ValueError``
         naming the field). Called before any training. The base accepts everything."""
 
+    def load_client_state(self, state: dict[str, Any] | None) -> None:
+        """Receive this client's own state (``ClientTask.client_state``: what :meth:`client_state`
+        returned after its previous participation; ``None`` before the first) before
+        :meth:`configure_client`. Only called when :attr:`keeps_client_state`. Not communication."""
+
+    def client_state(self) -> dict[str, Any] | None:
+        """The state this client keeps for its next participation (``ClientResult.client_state``),
+        read after :meth:`client_upload`; ``None``: none. Tensors on the CPU."""
+        return None
+
     def configure_client(self, payload: dict[str, Any]) -> None:
         """Receive the strategy's extra payload before training; ``net`` already holds the
-        dispatched weights. ``payload["client_state"]``, if present, is data that lives on the
-        client between its rounds (SCAFFOLD's control variate, MOON's previous model); it is not
-        counted as communication. The base objective needs none."""
+        dispatched weights and :meth:`load_client_state` has run. The base objective needs none."""
 
     def on_client_start(self) -> None:
         """Called at the start of every client's local update, inside the fit, after
@@ -114,7 +138,7 @@ class ClientModule(L.LightningModule):
 
     def client_upload(self) -> dict[str, Any]:
         """Extra data to send to the server after training (e.g. SCAFFOLD's control-variate
-        change); a ``"client_state"`` entry is kept for the client's next round, not sent."""
+        change), counted as communication."""
         return {}
 
     def training_loss(self, logits: Tensor, y: Tensor, x: Tensor) -> Tensor:

@@ -106,6 +106,8 @@ class FedINModule(FedProxModule):
             ``extractor`` / ``intermediate`` (at :meth:`check_local_config`).
     """
 
+    server_strategies = ("flcore.strategies.FedIN",)  # the server features come from its feature bank
+
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False,
                  mu: float = 0.1, in_training: bool = True, correction: str = "eq13", lam: float = 1.0,
                  noise_k: float = 0.0):

@@ -27,6 +27,8 @@ class FedNovaModule(ClientModule):
     ``a_norm`` = :func:`momentum_a_norm` and the names of the trained parameters, which the
     FedNova server normalises (buffers are averaged as in FedAvg)."""
 
+    server_strategies = ("flcore.strategies.FedNova", "flcore.strategies.HeteroFedNova")  # they read a_norm
+
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False):
         super().__init__(net, optimizer, channels_last)
         self._steps = 0

@@ -28,6 +28,10 @@ class FedProxModule(ClientModule):
         ValueError: ``mu < 0``.
     """
 
+    #: FedProx (homogeneous) or the FedIN paper's heterogeneous FedProx baseline; FedIN's own
+    #: objective (a subclass) names its server itself.
+    server_strategies = ("flcore.strategies.FedProx", "flcore.strategies.HeteroFedAvg")
+
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False, mu: float = 0.01):
         super().__init__(net, optimizer, channels_last)
         if mu < 0:

@@ -78,9 +78,15 @@ class MoonModule(ClientModule):
         temperature: tau > 0 (paper: 0.5).
         projection_dim: output width of the projection head (paper: 256).
 
+    Pairs with ``flcore.strategies.Moon`` or, on heterogeneous clients, ``HeteroFedAvg``
+    (checked before training). The previous model is client state (:attr:`keeps_client_state`).
+
     Raises:
         ValueError: ``mu < 0``, ``temperature <= 0``, or a net without ``features``.
     """
+
+    server_strategies = ("flcore.strategies.Moon", "flcore.strategies.HeteroFedAvg")
+    keeps_client_state = True
 
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False,
                  mu: float = 1.0, temperature: float = 0.5, projection_dim: int = 256):
@@ -93,14 +99,17 @@ class MoonModule(ClientModule):
         self.temperature = float(temperature)
         self.global_net: nn.Module | None = None
         self.prev_net: nn.Module | None = None
+        self._prev: dict[str, Tensor] | None = None
+
+    def load_client_state(self, state: dict[str, Any] | None) -> None:
+        self._prev = (state or {}).get("prev")
 
     def configure_client(self, payload: dict[str, Any]) -> None:
         if self.global_net is None:
             self.global_net = copy.deepcopy(self.net).requires_grad_(False)
             self.prev_net = copy.deepcopy(self.net).requires_grad_(False)
         self.global_net.load_state_dict(self.net.state_dict())
-        prev = payload.get("client_state", {}).get("prev")
-        self.prev_net.load_state_dict(prev if prev is not None else self.net.state_dict())
+        self.prev_net.load_state_dict(self._prev if self._prev is not None else self.net.state_dict())
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -124,5 +133,5 @@ class MoonModule(ClientModule):
         self._record(loss, logits, y)
         return loss
 
-    def client_upload(self) -> dict[str, Any]:
-        return {"client_state": {"prev": {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()}}}
+    def client_state(self) -> dict[str, Any] | None:
+        return {"prev": {k: v.detach().to("cpu", copy=True) for k, v in self.net.state_dict().items()}}

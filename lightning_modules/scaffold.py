@@ -25,18 +25,24 @@ class ScaffoldModule(ClientModule):
     ``c_i+ = c_i - c + (x - y) / (K * lr)``; the module uploads ``delta_c = c_i+ - c_i`` and
     keeps ``c_i+`` as client state. ``lr`` is the optimizer's first-group learning rate.
 
-    Payload in: ``{"c": {param: tensor}, "client_state": {"c_i": {param: tensor}}}``, a missing
-    entry meaning zeros. Upload: ``{"delta_c": {...}, "client_state": {"c_i": {...}}}``.
+    Payload in: ``{"c": {param: tensor}}``; client state ``{"c_i": {param: tensor}}``; a missing
+    entry means zeros. Upload: ``{"delta_c": {...}}``; client state kept: ``{"c_i": {...}}``.
+    Pairs with ``flcore.strategies.Scaffold`` or ``HeteroScaffold`` (checked before training).
 
     Raises:
         ValueError: (``check_local_config``) fp16 precision with gradient scaling, which skips
             steps on overflow and so breaks the step count K of the update.
     """
 
+    server_strategies = ("flcore.strategies.Scaffold", "flcore.strategies.HeteroScaffold")
+    keeps_client_state = True
+
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False):
         super().__init__(net, optimizer, channels_last)
         self._c: list[Tensor] = []
         self._ci: list[Tensor] = []
+        self._ci_in: dict[str, Tensor] = {}
+        self._new_ci: dict[str, Tensor] | None = None
         self._x: list[Tensor] = []
         self._steps = 0
         self._lr = 0.0
@@ -49,10 +55,13 @@ class ScaffoldModule(ClientModule):
                 f"corrupt its control-variate update); use 32-true, bf16-mixed or bf16-true, got {precision!r}"
             )
 
+    def load_client_state(self, state: dict[str, Any] | None) -> None:
+        self._ci_in = (state or {}).get("c_i", {})
+
     def configure_client(self, payload: dict[str, Any]) -> None:
         named = list(self.net.named_parameters())
-        c = payload.get("c", {})
-        ci = payload.get("client_state", {}).get("c_i", {})
+        c, ci = payload.get("c", {}), self._ci_in
+        self._new_ci = None
         self._c = [c[n].detach().clone() if n in c else torch.zeros_like(p) for n, p in named]
         self._ci = [ci[n].detach().clone() if n in ci else torch.zeros_like(p) for n, p in named]
         self._x = [p.detach().clone() for _, p in named]
@@ -71,14 +80,23 @@ class ScaffoldModule(ClientModule):
         self._steps += 1
         super().on_before_optimizer_step(optimizer)
 
-    def client_upload(self) -> dict[str, Any]:
+    def _updated_ci(self) -> dict[str, Tensor] | None:
+        """``c_i+`` (option II), computed once per client; ``None`` if no step was taken."""
         if self._steps == 0:
+            return None
+        if self._new_ci is None:
+            names = [n for n, _ in self.net.named_parameters()]
+            scale = 1.0 / (self._steps * self._lr)
+            self._new_ci = {n: ci - c + (x - y.detach()) * scale
+                            for n, ci, c, x, y in zip(names, self._ci, self._c, self._x, self.net.parameters())}
+        return self._new_ci
+
+    def client_upload(self) -> dict[str, Any]:
+        new_ci = self._updated_ci()
+        if new_ci is None:
             return {}
-        names = [n for n, _ in self.net.named_parameters()]
-        scale = 1.0 / (self._steps * self._lr)
-        new_ci = [ci - c + (x - y.detach()) * scale
-                  for ci, c, x, y in zip(self._ci, self._c, self._x, self.net.parameters())]
-        return {
-            "delta_c": {n: (a - b).cpu() for n, a, b in zip(names, new_ci, self._ci)},
-            "client_state": {"c_i": {n: a.cpu() for n, a in zip(names, new_ci)}},
-        }
+        return {"delta_c": {n: (a - b).cpu() for (n, a), b in zip(new_ci.items(), self._ci)}}
+
+    def client_state(self) -> dict[str, Any] | None:
+        new_ci = self._updated_ci()
+        return None if new_ci is None else {"c_i": {n: a.cpu() for n, a in new_ci.items()}}

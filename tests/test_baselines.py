@@ -64,7 +64,7 @@ def test_scaffold_corrected_step_and_option_ii_update():
     g = torch.Generator().manual_seed(1)
     c = {n: 0.01 * torch.randn(x0[n].shape, generator=g) for n in names}
     ci = {n: 0.01 * torch.randn(x0[n].shape, generator=g) for n in names}
-    res = runner.fit(ClientTask(cid=3, state=x0, payload={"c": c, "client_state": {"c_i": ci}}), rnd=0)
+    res = runner.fit(ClientTask(cid=3, state=x0, payload={"c": c}, client_state={"c_i": ci}), rnd=0)
     # the gradient of the client's loss at x0
     mod.net.load_state_dict(x0)
     mod.net.zero_grad()
@@ -74,7 +74,7 @@ def test_scaffold_corrected_step_and_option_ii_update():
     for n in names:  # y = x - lr (g - c_i + c)
         assert torch.allclose(res.state[n], x0[n] - lr * (grad[n] - ci[n] + c[n]), atol=1e-5)
         # option II with K = 1: c_i+ = c_i - c + (x - y) / lr = g
-        assert torch.allclose(res.payload["client_state"]["c_i"][n], grad[n], atol=1e-4)
+        assert torch.allclose(res.client_state["c_i"][n], grad[n], atol=1e-4)
         assert torch.allclose(res.payload["delta_c"][n], grad[n] - ci[n], atol=1e-4)
 
 
@@ -82,21 +82,20 @@ def test_scaffold_server_update_hand_computed():
     s = Scaffold(global_lr=0.5)
     state = s.initialize({"w": torch.tensor([0.0]), "bn.num_batches_tracked": torch.tensor(0)}, 2, num_clients=4)
     tasks = s.configure_fit(0, [1, 3], state, None)
-    assert tasks[0].payload["c"] == {} and tasks[0].payload["client_state"] == {}
+    assert tasks[0].payload == {"c": {}} and tasks[0].client_state is None  # c_i is the trainer's to fill
     results = [
         ClientResult(1, 0, {"w": torch.tensor([2.0]), "bn.num_batches_tracked": torch.tensor(4)}, 10,
-                     payload={"delta_c": {"w": torch.tensor([1.0])}, "client_state": {"c_i": {"w": torch.tensor([1.0])}}}),
+                     payload={"delta_c": {"w": torch.tensor([1.0])}}),
         ClientResult(3, 1, {"w": torch.tensor([6.0]), "bn.num_batches_tracked": torch.tensor(8)}, 30,
-                     payload={"delta_c": {"w": torch.tensor([3.0])}, "client_state": {"c_i": {"w": torch.tensor([3.0])}}}),
+                     payload={"delta_c": {"w": torch.tensor([3.0])}}),
     ]
     new = s.aggregate_fit(0, results, state, None)
     assert new["global"]["w"].item() == pytest.approx(2.0)  # 0 + 0.5 * mean(2, 6), unweighted
     assert new["c"]["w"].item() == pytest.approx(1.0)  # 0 + (2/4) * mean(1, 3)
     assert new["global"]["bn.num_batches_tracked"].item() == 3  # 0.5 * 0 + 0.5 * 6
-    assert torch.equal(new["clients"][3]["c_i"]["w"], torch.tensor([3.0]))
     assert state["c"] == {}  # the input state is not mutated
     task = s.configure_fit(1, [3], new, None)[0]
-    assert torch.equal(task.payload["client_state"]["c_i"]["w"], torch.tensor([3.0]))
+    assert torch.equal(task.payload["c"]["w"], torch.tensor([1.0]))  # the new server control variate goes down
 
 
 def test_scaffold_refuses_fp16_scaling():
@@ -156,7 +155,8 @@ def test_moon_net_and_previous_model():
     mod = MoonModule(CNN(1, 10, 8), mu=5.0, projection_dim=32)
     assert isinstance(mod.net, MoonNet) and mod.net.features(torch.randn(2, 1, 8, 8)).shape == (2, 32)
     prev = {k: torch.zeros_like(v) for k, v in mod.net.state_dict().items()}
-    mod.configure_client({"client_state": {"prev": prev}})
+    mod.load_client_state({"prev": prev})
+    mod.configure_client({})
     assert all(torch.equal(p, torch.zeros_like(p)) for p in mod.prev_net.state_dict().values())
     assert all(torch.equal(a, b) for a, b in zip(mod.global_net.state_dict().values(), mod.net.state_dict().values()))
     mod.train()
@@ -170,19 +170,42 @@ def test_moon_bad_input():
         MoonModule(CNN(1, 10, 8), mu=-1)
 
 
-def test_client_states_survive_a_checkpoint(tmp_path):
-    moon, scaffold = Moon(), Scaffold()
-    m_state = moon.initialize({"w": torch.zeros(2)}, 1)
-    m_state = moon.aggregate_fit(0, [ClientResult(4, 0, {"w": torch.ones(2)}, 5,
-                                                  payload={"client_state": {"prev": {"w": torch.ones(2)}}})], m_state, None)
-    s_state = scaffold.initialize({"w": torch.zeros(2)}, 1, num_clients=3)
-    s_state = scaffold.aggregate_fit(0, [ClientResult(2, 0, {"w": torch.ones(2)}, 5, payload={
-        "delta_c": {"w": torch.ones(2)}, "client_state": {"c_i": {"w": torch.full((2,), 7.0)}}})], s_state, None)
-    save_checkpoint({"strategy_state": {"moon": m_state, "scaffold": s_state}, "round": 1}, tmp_path / "round_00001.ckpt")
-    back = load_checkpoint(tmp_path / "last.ckpt")["strategy_state"]
-    assert torch.equal(back["moon"]["clients"][4]["prev"]["w"], torch.ones(2))
-    assert torch.equal(back["scaffold"]["clients"][2]["c_i"]["w"], torch.full((2,), 7.0))
-    assert torch.allclose(back["scaffold"]["c"]["w"], torch.full((2,), 1 / 3))
+@pytest.mark.parametrize("strategy,module,key", [(Scaffold, ScaffoldModule, "c_i"), (Moon, MoonModule, "prev")])
+def test_trainer_keeps_and_checkpoints_client_states(tmp_path, strategy, module, key):
+    """Client state is the trainer's: each participant's state after round r is what it gets back
+    at its next participation, and the checkpoint holds it (not the strategy state)."""
+    from flcore import FederatedTrainer
+
+    dm = Digits(num_clients=4, batch_size=50, seed=0)
+    trainer = FederatedTrainer(strategy=strategy(), rounds=2, clients_per_round=4, local={"max_epochs": 1},
+                               log_dir=str(tmp_path), name="cs")
+    seen: list[tuple[int, dict | None]] = []
+    mod = module(CNN(1, 10, 8, channels=(4, 8), hidden=16))
+    original = mod.load_client_state
+
+    def spy(state):
+        seen.append(state)
+        original(state)
+
+    mod.load_client_state = spy
+    trainer.fit(mod, datamodule=dm)
+    assert seen[:4] == [None] * 4 and all(s is not None and key in s for s in seen[4:])  # round 2 gets round 1's
+    ckpt = load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")
+    assert sorted(ckpt["client_states"]) == [0, 1, 2, 3] and "clients" not in ckpt["strategy_state"]
+    assert all(key in s for s in ckpt["client_states"].values())
+
+
+def test_old_checkpoints_client_states_move_to_the_trainer(tmp_path):
+    """Checkpoints written when the strategy kept client states (``strategy_state["clients"]``)
+    resume with those states as the trainer's."""
+    from flcore.trainer import _client_states
+
+    old = {"round": 3, "strategy_state": {"global": {"w": torch.zeros(2)}, "clients": {2: {"c_i": {"w": torch.ones(2)}}}}}
+    save_checkpoint(old, tmp_path / "round_00003.ckpt")
+    back = load_checkpoint(tmp_path / "last.ckpt")
+    states = _client_states(back)
+    assert torch.equal(states[2]["c_i"]["w"], torch.ones(2)) and "clients" not in back["strategy_state"]
+    assert _client_states({"client_states": {1: {"prev": {}}}, "strategy_state": {}}) == {1: {"prev": {}}}
 
 
 # ---------------------------------------------------------------- end to end

@@ -243,7 +243,7 @@ def test_authors_similarity_sums_pair_cosines_last_pair_twice():
 
 
 def test_uniform_first_stage_is_the_unweighted_mean():
-    from flcore.strategies.base import ClientResult
+    from flcore.messages import ClientResult
 
     s = FedCross(first_stage_rounds=1, first_stage_weighting="uniform")
     state = s.initialize({"w": torch.zeros(2)}, 2)

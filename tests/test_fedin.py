@@ -9,10 +9,11 @@ from lightning import seed_everything
 
 from datamodules import Digits, Dirichlet
 from flcore import FederatedTrainer
+from flcore.checks import check_feature_shapes
 from flcore.errors import ConfigError
 from flcore.local import LocalRunner
 from flcore.strategies import ClientResult, FedIN, HeteroFedAvg
-from flcore.strategies.base import ClientTask
+from flcore.messages import ClientTask
 from lightning_modules import ClientModule, FedINModule
 from lightning_modules.fedin import add_feature_noise, corrected_in_gradient
 from lightning_modules.models import FAMILY_STAGES, HeteroResNet
@@ -202,7 +203,10 @@ def test_fedin_cli_two_rounds_mixed_architectures(run_cli, tmp_path):
     (["--trainer.architectures", "[resnet10, resnet99]"],
      "flcore: error: trainer.architectures: must be names from ['resnet10', 'resnet14', 'resnet18', 'resnet22', 'resnet26'], got 'resnet99'"),
     (["--model.noise_k", "-0.5"], "model.noise_k: must be >= 0, got -0.5"),
-    (["--trainer.strategy", "flcore.strategies.FedAvg"], "trainer.strategy: FedAvg aggregates one architecture"),
+    (["--trainer.strategy", "flcore.strategies.FedAvg"],
+     "model.class_path: lightning_modules.FedINModule needs trainer.strategy.class_path flcore.strategies.FedIN"),
+    (["--trainer.strategy", "flcore.strategies.FedAvg", "--model.class_path", "lightning_modules.ClientModule"],
+     "trainer.strategy: FedAvg aggregates one architecture"),
     (["--trainer.client_architectures", "[resnet10, resnet14]"], "trainer.client_architectures: must give one architecture per client"),
 ])
 def test_fedin_bad_input_one_line(run_cli, args, message):
@@ -218,7 +222,7 @@ def test_feature_shapes_must_agree_between_architectures():
     modules = {"narrow": FedINModule(HeteroResNet("resnet10", 1, 10, 4, "cifar")),
                "wide": FedINModule(HeteroResNet("resnet14", 1, 10, 8, "cifar"))}
     with pytest.raises(ConfigError, match="model.net: FedIN exchanges features, but their shapes differ"):
-        FederatedTrainer._check_feature_shapes(modules, dm)
+        check_feature_shapes(modules, dm)
 
 
 def test_heterogeneous_checkpoint_resume_matches(tmp_path):

@@ -17,7 +17,7 @@ import torch
 
 from flcore.executors.base import Executor, balanced_chunks
 from flcore.local import LocalRunner
-from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
+from flcore.messages import ClientFailure, ClientResult, ClientTask
 
 __all__ = ["RayExecutor", "datamodule_recipe"]
 
@@ -101,15 +101,18 @@ class RayExecutor(Executor):
         num_workers: actors (>= 1).
         num_cpus_per_worker: Ray CPUs per actor (> 0); also its torch threads (at least 1).
         num_gpus_per_worker: Ray GPUs per actor (>= 0; fractions share a GPU, e.g. 0.25).
-        address: ``None`` (local Ray), ``"auto"`` or ``"ray://host:port"``.
+        address: ``None`` (local Ray), ``"auto"``, ``"host:port"`` (a cluster's GCS) or
+            ``"ray://host:port"`` (Ray Client). A host and port must answer within
+            ``connect_timeout_s`` before training starts (:meth:`check`).
+        connect_timeout_s: seconds to wait for the cluster's port (> 0; default 10).
 
     Raises:
         ImportError: ``ray`` is not installed (one line saying how to install it).
-        ValueError: a count out of range.
+        ValueError: a count out of range; (:meth:`check`) an address that does not answer.
     """
 
     def __init__(self, num_workers: int = 2, num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0,
-                 address: str | None = None):
+                 address: str | None = None, connect_timeout_s: float = 10.0):
         _ray()
         if num_workers < 1:
             raise ValueError(f"trainer.executor.num_workers: must be >= 1, got {num_workers}")
@@ -117,11 +120,36 @@ class RayExecutor(Executor):
             raise ValueError(f"trainer.executor.num_cpus_per_worker: must be > 0, got {num_cpus_per_worker}")
         if num_gpus_per_worker < 0:
             raise ValueError(f"trainer.executor.num_gpus_per_worker: must be >= 0, got {num_gpus_per_worker}")
-        self.num_workers, self.address = int(num_workers), address
+        if not connect_timeout_s > 0:
+            raise ValueError(f"trainer.executor.connect_timeout_s: must be > 0, got {connect_timeout_s}")
+        self.num_workers, self.address, self.connect_timeout_s = int(num_workers), address, float(connect_timeout_s)
         self.num_cpus_per_worker, self.num_gpus_per_worker = float(num_cpus_per_worker), float(num_gpus_per_worker)
         self._actors: list = []
         self._init_ref = None
         self._started_ray = False
+
+    def check(self) -> None:
+        """A ``host:port`` or ``ray://host:port`` address must accept a TCP connection within
+        ``connect_timeout_s`` (Ray itself retries an unreachable cluster for minutes).
+
+        Raises:
+            ValueError: ``trainer.executor.address: cannot reach ...``.
+        """
+        if self.address in (None, "auto", "local"):
+            return
+        target = self.address.removeprefix("ray://")
+        host, sep, port = target.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"trainer.executor.address: must be null, 'auto', 'host:port' or 'ray://host:port', "
+                             f"got {self.address!r}")
+        import socket
+
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=self.connect_timeout_s).close()
+        except OSError as err:
+            raise ValueError(f"trainer.executor.address: cannot reach Ray at {self.address} within "
+                             f"{self.connect_timeout_s:g} s ({err.strerror or err}); start the cluster with "
+                             f"'ray start --head' or fix the address") from None
 
     # ------------------------------------------------------------------ actors
     def _start(self, runner: LocalRunner) -> None:
@@ -164,7 +192,7 @@ class RayExecutor(Executor):
                 counts[id(v)] = counts.get(id(v), 0) + 1
         calls = []
         for t in tasks:
-            payload = {k: shared(v) if k != "client_state" and counts[id(v)] > 1 and _is_big(v) else v
+            payload = {k: shared(v) if counts[id(v)] > 1 and _is_big(v) else v
                        for k, v in t.payload.items()}
             calls.append((dataclasses.replace(t, state={}, payload=payload), shared(t.state)))
 

@@ -1,6 +1,6 @@
 """Server strategies, one file each."""
 
-from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, Strategy
+from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, HeterogeneousStrategy, Strategy
 from flcore.strategies.fedavg import FedAvg
 from flcore.strategies.fedcross import FedCross
 from flcore.strategies.fedgen import FedGen
@@ -8,7 +8,7 @@ from flcore.strategies.fedin import FedIN
 from flcore.strategies.fedmr import FedMR
 from flcore.strategies.fednova import FedNova
 from flcore.strategies.fedrolex import FedRolex
-from flcore.strategies.hetero import HeteroFedAvg
+from flcore.strategies.hetero_fedavg import HeteroFedAvg
 from flcore.strategies.hetero_fednova import HeteroFedNova
 from flcore.strategies.hetero_scaffold import HeteroScaffold
 from flcore.strategies.heterofl import HeteroFL
@@ -18,5 +18,5 @@ from flcore.strategies.moon import Moon
 from flcore.strategies.scaffold import Scaffold
 from flcore.strategies.multimodel import MultiModelStrategy
 
-__all__ = ["HeteroFedNova", "HeteroScaffold", "HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
+__all__ = ["HeteroFedNova", "HeteroScaffold", "HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
            "FedProx", "Scaffold", "FedNova", "Moon", "FedGen"]

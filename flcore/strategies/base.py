@@ -11,80 +11,30 @@ argument, seeded by the trainer from (run seed, round), never from global RNG or
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from flcore.functional import StateDict
+from flcore.messages import ClientFailure, ClientResult, ClientTask
 
-__all__ = ["Strategy", "ClientTask", "ClientResult", "ClientFailure"]
-
-
-@dataclass
-class ClientTask:
-    """Work for one client in one round.
-
-    Attributes:
-        cid: client id in ``[0, num_clients)``.
-        state: the model state_dict to start from (read-only; shared between tasks).
-        slot: index of the server-side model this task trains (0 for single-model strategies,
-            the middleware / local model index for FedCross / FedMR).
-        payload: extra data for the local objective (e.g. FedProx's global weights).
-        arch: the client's architecture in heterogeneous-model runs (``None``: the one model).
-    """
-
-    cid: int
-    state: StateDict
-    slot: int = 0
-    payload: dict[str, Any] = field(default_factory=dict)
-    arch: str | None = None
-
-
-@dataclass
-class ClientResult:
-    """Outcome of one local update.
-
-    Attributes:
-        cid, slot: as in the task.
-        state: the trained model's state_dict.
-        num_samples: the client's training-set size n_k (FedAvg weight).
-        metrics: e.g. ``{"train_loss": float, "train_acc": float}`` of the last local epoch.
-        payload: extra uploads of the local objective.
-        agg_weight: aggregation weight if not the sample count (set by the trainer when the
-            sampler asks for equal weights, e.g. clustered sampling).
-    """
-
-    cid: int
-    slot: int
-    state: StateDict
-    num_samples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    payload: dict[str, Any] = field(default_factory=dict)
-    agg_weight: float | None = None
-
-    @property
-    def weight(self) -> float:
-        """The aggregation weight: ``agg_weight`` if set, else ``num_samples`` (FedAvg's n_k)."""
-        return float(self.num_samples if self.agg_weight is None else self.agg_weight)
-
-
-@dataclass
-class ClientFailure:
-    """A local update that raised or returned non-finite weights / loss.
-
-    Attributes:
-        cid, slot: as in the task.
-        reason: one line: the exception (type and message) or what was non-finite.
-    """
-
-    cid: int
-    slot: int
-    reason: str
+__all__ = ["Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure"]
 
 
 class Strategy(ABC):
-    """Abstract server strategy (shape of Flower's ``Strategy``)."""
+    """Abstract server strategy (shape of Flower's ``Strategy``).
+
+    Contract: :attr:`client_objective` names the local objective the server half needs; the
+    trainer refuses a mismatched pair (in either direction, with the module's
+    ``server_strategies``) before any training.
+    """
+
+    #: The local objective (LightningModule) this server half needs, as ``"module.Class"``; an
+    #: instance of it or of a subclass is required. ``None``: any objective whose own
+    #: ``server_strategies`` admit this strategy. A server that reads an upload only one objective
+    #: sends (SCAFFOLD's ``delta_c``, FedNova's ``a_norm``) names that objective, so that a
+    #: mismatched pair never runs silently as another method.
+    client_objective: ClassVar[str | None] = None
 
     def validate(self, num_clients: int, clients_per_round: int) -> None:
         """Check hyper-parameters against the federation; raise ``ValueError`` naming the field.
@@ -120,12 +70,30 @@ class Strategy(ABC):
     def global_model(self, state: dict[str, Any]) -> StateDict:
         """The model to evaluate and deploy."""
 
-    @staticmethod
-    def with_client_states(state: dict[str, Any], results: list[ClientResult]) -> dict[str, Any]:
-        """``state["clients"]`` updated with each result's ``client_state`` upload (client-resident
-        data such as SCAFFOLD's c_i or MOON's previous model); returns a new dict."""
-        clients = dict(state.get("clients", {}))
-        for r in results:
-            if "client_state" in r.payload:
-                clients[r.cid] = r.payload["client_state"]
-        return {**state, "clients": clients}
+
+
+class HeterogeneousStrategy(Strategy):
+    """A server half for clients of different architectures (FedIN paper, Sec. 3): the protocol
+    the trainer relies on when ``trainer.architectures`` is set.
+
+    * :meth:`bind` receives each client's architecture before :meth:`initialize`;
+    * :meth:`initialize` receives one initial state_dict per architecture
+      (``{arch: state_dict}``) instead of one;
+    * :meth:`global_models` returns one model per architecture for evaluation;
+    * :attr:`exchanges_features`: clients exchange intermediate features (FedIN), so the
+      architectures' feature shapes must agree (checked before training).
+    """
+
+    exchanges_features: ClassVar[bool] = False
+
+    def bind(self, client_arch: list[str]) -> None:
+        """Each client's architecture name (index = client id)."""
+        self.client_arch = list(client_arch)
+
+    @abstractmethod
+    def global_models(self, state: dict[str, Any]) -> dict[str, StateDict]:
+        """One model per architecture: ``{arch: state_dict}``."""
+
+    def global_model(self, state: dict[str, Any]) -> StateDict:
+        """The first architecture's model (use :meth:`global_models` for all of them)."""
+        return next(iter(self.global_models(state).values()))

@@ -3,6 +3,7 @@ trained on the ensemble of the clients' classifier heads."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,8 @@ class FedGen(FedAvg):
         ValueError: non-positive sizes, steps or learning rate; negative diversity weight.
     """
 
+    client_objective = "lightning_modules.FedGenModule"
+
     def __init__(self, noise_dim: int = 32, hidden: int = 256, generator_lr: float = 3e-4, generator_steps: int = 5,
                  generator_batch: int = 32, diversity_weight: float = 1.0):
         for name, v in (("noise_dim", noise_dim), ("hidden", hidden), ("generator_lr", generator_lr),
@@ -93,7 +96,9 @@ class FedGen(FedAvg):
         gen = self._generator(state["global"])
         gen.load_state_dict(state["generator"])
         opt = self._optimizer(gen)
-        opt.load_state_dict(state["generator_opt"])
+        # Optimizer.load_state_dict keeps the given moment tensors (no copy) and Adam updates them in
+        # place: copy them, so the previous state stays intact for an interrupt checkpoint
+        opt.load_state_dict(copy.deepcopy(state["generator_opt"]))
         self.train_generator(gen, opt, uploads, rng)
         return {**new, "generator": {k: v.detach().clone() for k, v in gen.state_dict().items()},
                 "generator_opt": opt.state_dict(), "generator_trained": True}

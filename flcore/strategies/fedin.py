@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from flcore.strategies.base import ClientResult, ClientTask
-from flcore.strategies.hetero import HeteroFedAvg
+from flcore.strategies.hetero_fedavg import HeteroFedAvg
 
 __all__ = ["FedIN"]
 
@@ -41,7 +41,8 @@ class FedIN(HeteroFedAvg):
         ValueError: ``feature_batches < 1``; unknown ``aggregation``.
     """
 
-    needs_features = True
+    exchanges_features = True
+    client_objective = "lightning_modules.FedINModule"
 
     def __init__(self, aggregation: str = "layerwise", weighted: bool | None = None, feature_batches: int = 1):
         super().__init__(aggregation, weighted)

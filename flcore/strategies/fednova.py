@@ -18,9 +18,12 @@ class FedNova(FedAvg):
     and the effective step count ``tau_eff = sum_i p_i ||a_i||_1`` (FedNova Eq. 6 with the paper's
     default tau_eff), then ``x <- x - tau_eff * sum_i p_i d_i`` for every trained parameter, so a
     client that ran more steps (more data) does not pull the model further. Buffers (BatchNorm
-    statistics) take the sample-weighted mean as in FedAvg. Without ``a_norm`` in the payload
-    (another client module), FedNova reduces to FedAvg.
+    statistics) take the sample-weighted mean as in FedAvg. The pairing with ``FedNovaModule``
+    (which uploads ``a_norm``) is checked before training; a round whose results lack ``a_norm``
+    (a client that took no step) is averaged as FedAvg.
     """
+
+    client_objective = "lightning_modules.FedNovaModule"
 
     def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:
         if not results or any("a_norm" not in r.payload for r in results):

@@ -11,5 +11,8 @@ __all__ = ["FedProx"]
 class FedProx(FedAvg):
     """FedProx aggregation: sample-weighted averaging of the returned models (FedProx Alg. 2).
 
-    Pair with ``model: lightning_modules.FedProxModule`` (``mu`` is set there).
+    Pair with ``model: lightning_modules.FedProxModule`` (``mu`` is set there; checked before
+    training: with the plain ``ClientModule`` this would silently be FedAvg).
     """
+
+    client_objective = "lightning_modules.FedProxModule"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flcore.functional import layerwise_average, nova_mix
-from flcore.strategies.hetero import HeteroFedAvg
+from flcore.strategies.hetero_fedavg import HeteroFedAvg
 
 __all__ = ["HeteroFedNova"]
 
@@ -20,6 +20,8 @@ class HeteroFedNova(HeteroFedAvg):
     mean. With one architecture this is exactly :class:`flcore.strategies.FedNova`. Without
     ``a_norm`` in the clients' payloads it is layer-wise FedAvg (sample-weighted).
     """
+
+    client_objective = "lightning_modules.FedNovaModule"
 
     def __init__(self):
         super().__init__("layerwise", weighted=True)
@@ -37,4 +39,4 @@ class HeteroFedNova(HeteroFedAvg):
                                       [r.payload["a_norm"] for r in owners])
             else:
                 new_x[key] = mean
-        return self.with_client_states({**state, "global": new_x}, results)
+        return {**state, "global": new_x}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flcore.functional import StateDict, layerwise_average, mix
-from flcore.strategies.hetero import HeteroFedAvg
+from flcore.strategies.hetero_fedavg import HeteroFedAvg
 
 __all__ = ["HeteroScaffold"]
 
@@ -15,7 +15,8 @@ class HeteroScaffold(HeteroFedAvg):
     aggregation; pair with ``lightning_modules.ScaffoldModule``.
 
     The server keeps x and c over the union of the architectures' keys; a client receives the
-    entries of both that its architecture has, and keeps its own c_i. Per entry, over the round's
+    entries of both that its architecture has, and keeps its own c_i (client state, kept by the
+    trainer). Per entry, over the round's
     clients that have it: ``x <- x + eta_g * mean_i (y_i - x)`` and
     ``c <- c + (1 / N_key) * sum_i delta_c_i``, with ``N_key`` the number of clients (of all N)
     whose architecture has the entry, the Eq. 19 idea applied to Alg. 1 lines 16-17. With one
@@ -28,6 +29,8 @@ class HeteroScaffold(HeteroFedAvg):
         ValueError: ``global_lr <= 0``.
     """
 
+    client_objective = "lightning_modules.ScaffoldModule"
+
     def __init__(self, global_lr: float = 1.0):
         super().__init__("layerwise", weighted=False)
         if not global_lr > 0:
@@ -35,7 +38,7 @@ class HeteroScaffold(HeteroFedAvg):
         self.global_lr = float(global_lr)
 
     def initialize(self, model_state, clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
-        return {**super().initialize(model_state, clients_per_round, num_clients), "c": {}, "clients": {}}
+        return {**super().initialize(model_state, clients_per_round, num_clients), "c": {}}
 
     def configure_fit(self, rnd, clients, state, rng):
         tasks = super().configure_fit(rnd, clients, state, rng)
@@ -62,4 +65,4 @@ class HeteroScaffold(HeteroFedAvg):
             n_key = max(sum(n for a, n in owners_of.items() if key in state["arch_keys"][a]), len(have))
             total = mix(have, [1.0] * len(have))
             c[key] = total / n_key if key not in c else c[key] + total / n_key
-        return self.with_client_states({**state, "global": new_x, "c": c}, results)
+        return {**state, "global": new_x, "c": c}

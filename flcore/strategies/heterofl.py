@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 
 from flcore.functional import StateDict, aggregate_slices, extract_submodel
-from flcore.strategies.base import ClientResult, ClientTask, Strategy
+from flcore.strategies.base import ClientResult, ClientTask, HeterogeneousStrategy
 
 __all__ = ["HeteroFL"]
 
 
-class HeteroFL(Strategy):
+class HeteroFL(HeterogeneousStrategy):
     """HeteroFL: clients train width-sliced sub-models of one global model.
 
     * The global model is the widest level of the model family (``trainer.architectures`` lists
@@ -38,18 +38,12 @@ class HeteroFL(Strategy):
         ValueError: negative or all-zero proportions; their count differs from the levels'.
     """
 
-    heterogeneous = True
-    needs_features = False
-
     def __init__(self, dynamic: bool = True, proportions: list[float] | None = None):
         if proportions is not None and (any(p < 0 for p in proportions) or sum(proportions) <= 0):
             raise ValueError(f"strategy.proportions: must be non-negative with a positive sum, got {proportions}")
         self.dynamic = bool(dynamic)
         self.proportions = None if proportions is None else [float(p) for p in proportions]
         self.client_arch: list[str] = []
-
-    def bind(self, client_arch: list[str]) -> None:
-        self.client_arch = list(client_arch)
 
     def offset(self, rnd: int) -> int | None:
         """Slice offset of round ``rnd``: ``None`` (leading channels) for HeteroFL."""
@@ -84,4 +78,5 @@ class HeteroFL(Strategy):
         return {a: extract_submodel(state["global"], shapes) for a, shapes in state["shapes"].items()}
 
     def global_model(self, state) -> StateDict:
+        """The full-width global model."""
         return state["global"]

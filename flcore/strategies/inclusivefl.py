@@ -11,7 +11,7 @@ import torch
 
 from flcore.functional import StateDict, layerwise_average, weighted_average
 from flcore.strategies.base import ClientResult
-from flcore.strategies.hetero import HeteroFedAvg, union_state
+from flcore.strategies.hetero_fedavg import HeteroFedAvg, union_state
 
 __all__ = ["InclusiveFL", "block_of"]
 

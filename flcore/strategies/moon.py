@@ -1,31 +1,22 @@
-"""MOON server (Li, He & Song, CVPR 2021): FedAvg plus each client's previous local model."""
+"""MOON server (Li, He & Song, CVPR 2021): FedAvg's aggregation for the model-contrastive objective."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from flcore.strategies.base import ClientTask
 from flcore.strategies.fedavg import FedAvg
 
 __all__ = ["Moon"]
 
 
 class Moon(FedAvg):
-    """Server half of MOON; pair with ``model: lightning_modules.MoonModule``.
+    """Server half of MOON; pair with ``model: lightning_modules.MoonModule`` (checked before
+    training).
 
-    Aggregation is FedAvg's. Each client's model after its local update is kept as that client's
-    state (it lives on the client in a real deployment, so it is not counted as communication)
-    and handed back at its next participation as ``z_prev``'s model.
+    Aggregation is FedAvg's (MOON paper, Algorithm 1, server side). Each client's model after its
+    local update is client state (``MoonModule.client_state``): the trainer keeps it and hands it
+    back at the client's next participation as ``z_prev``'s model; it lives on the client in a
+    real deployment, so it is not counted as communication.
 
-    State: ``{"global": state_dict, "clients": {cid: {"prev": state_dict}}}``.
+    State: ``{"global": state_dict}``.
     """
 
-    def initialize(self, model_state, clients_per_round, num_clients=0):
-        return {**super().initialize(model_state, clients_per_round), "clients": {}}
-
-    def configure_fit(self, rnd, clients, state, rng):
-        return [ClientTask(cid=c, state=state["global"], slot=i, payload={"client_state": state["clients"].get(c, {})})
-                for i, c in enumerate(clients)]
-
-    def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:
-        return self.with_client_states(super().aggregate_fit(rnd, results, state, rng), results)
+    client_objective = "lightning_modules.MoonModule"

@@ -15,13 +15,13 @@ class Scaffold(FedAvg):
     """Server half of SCAFFOLD; pair with ``model: lightning_modules.ScaffoldModule``.
 
     Each round the server sends the global model x and the server control variate c (so twice
-    the model's parameters go down); clients keep their own c_i (checkpointed with the server
-    state in this simulation, but not counted as communication). Aggregation (Alg. 1, l. 16-17):
+    the model's parameters go down); clients keep their own c_i (client state: kept and
+    checkpointed by the trainer in this simulation, not counted as communication). Aggregation (Alg. 1, l. 16-17):
     ``x <- x + eta_g * mean_i (y_i - x)`` over every state_dict entry (buffers included; with
     ``eta_g = 1`` this is the plain mean), and ``c <- c + (|S| / N) * mean_i delta_c_i`` with N
     the number of clients.
 
-    State: ``{"global": x, "c": {param: tensor}, "clients": {cid: {"c_i": {...}}}, "num_clients": N}``.
+    State: ``{"global": x, "c": {param: tensor}, "num_clients": N}``.
 
     Args:
         global_lr: eta_g > 0 (default 1).
@@ -30,18 +30,18 @@ class Scaffold(FedAvg):
         ValueError: ``global_lr <= 0``.
     """
 
+    client_objective = "lightning_modules.ScaffoldModule"
+
     def __init__(self, global_lr: float = 1.0):
         if not global_lr > 0:
             raise ValueError(f"strategy.global_lr: must be > 0, got {global_lr}")
         self.global_lr = float(global_lr)
 
     def initialize(self, model_state, clients_per_round, num_clients=0):
-        return {**super().initialize(model_state, clients_per_round), "c": {}, "clients": {},
-                "num_clients": int(num_clients)}
+        return {**super().initialize(model_state, clients_per_round), "c": {}, "num_clients": int(num_clients)}
 
     def configure_fit(self, rnd, clients, state, rng):
-        return [ClientTask(cid=c, state=state["global"], slot=i,
-                           payload={"c": state["c"], "client_state": state["clients"].get(c, {})})
+        return [ClientTask(cid=c, state=state["global"], slot=i, payload={"c": state["c"]})
                 for i, c in enumerate(clients)]
 
     def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:
@@ -56,4 +56,4 @@ class Scaffold(FedAvg):
         for key in deltas[0] if deltas else []:
             total = mix([d[key] for d in deltas], [1.0] * len(deltas))
             c[key] = total / n if key not in c else c[key] + total / n
-        return self.with_client_states({**state, "global": new_x, "c": c}, results)
+        return {**state, "global": new_x, "c": c}

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flcore.functional import StateDict, layerwise_average, weighted_average
-from flcore.strategies.base import ClientResult, ClientTask, Strategy
+from flcore.strategies.base import ClientResult, ClientTask, HeterogeneousStrategy
 
 __all__ = ["HeteroFedAvg", "AGGREGATIONS", "union_state"]
 
@@ -24,7 +24,7 @@ def union_state(model_state: dict[str, StateDict]) -> StateDict:
     return union
 
 
-class HeteroFedAvg(Strategy):
+class HeteroFedAvg(HeterogeneousStrategy):
     """FedAvg over clients whose models differ (ResNet10 ... ResNet26), two ways.
 
     * ``aggregation="layerwise"`` (layer-wise heterogeneous aggregation, FedIN Eq. 19, Appendix
@@ -39,14 +39,13 @@ class HeteroFedAvg(Strategy):
       the round keeps its model.
 
     Works with any local objective whose server side is plain averaging (FedAvg's
-    ``ClientModule``, ``FedProxModule``) and with ``MoonModule`` (client-resident state, such
-    as MOON's previous model, is kept per client and handed back as ``payload["client_state"]``). The trainer calls :meth:`bind` with each client's
+    ``ClientModule``, ``FedProxModule``) and with ``MoonModule`` (whose previous model is client
+    state, kept by the trainer). The trainer calls :meth:`bind` with each client's
     architecture (``trainer.architectures``) and passes :meth:`initialize` one initial state per
     architecture. Evaluation uses :meth:`global_models` (one model per architecture).
 
     State: ``{"global": union state_dict, "arch_keys": ...}`` (layerwise) or
-    ``{"models": {arch: state_dict}}`` (same_shape); plus ``{"clients": {cid: client_state}}``
-    when the local objective keeps state on the client.
+    ``{"models": {arch: state_dict}}`` (same_shape).
 
     Args:
         aggregation: ``"layerwise"`` or ``"same_shape"``.
@@ -57,19 +56,12 @@ class HeteroFedAvg(Strategy):
         ValueError: unknown ``aggregation``.
     """
 
-    heterogeneous = True
-    needs_features = False
-
     def __init__(self, aggregation: str = "layerwise", weighted: bool | None = None):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"strategy.aggregation: must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
         self.aggregation = aggregation
         self.weighted = (aggregation == "same_shape") if weighted is None else bool(weighted)
         self.client_arch: list[str] = []
-
-    def bind(self, client_arch: list[str]) -> None:
-        """Each client's architecture name (index = client id)."""
-        self.client_arch = list(client_arch)
 
     def initialize(self, model_state: dict[str, StateDict], clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
         """``model_state``: one initial state_dict per architecture. In layerwise mode a key shared
@@ -88,16 +80,12 @@ class HeteroFedAvg(Strategy):
 
     def configure_fit(self, rnd, clients, state, rng) -> list[ClientTask]:
         per_arch = {a: self.arch_state(state, a) for a in dict.fromkeys(self.client_arch[c] for c in clients)}
-        kept = state.get("clients", {})  # client-resident state, e.g. MOON's previous model
-        return [ClientTask(cid=c, state=per_arch[self.client_arch[c]], slot=i, arch=self.client_arch[c],
-                           payload={"client_state": kept[c]} if c in kept else {})
+        return [ClientTask(cid=c, state=per_arch[self.client_arch[c]], slot=i, arch=self.client_arch[c])
                 for i, c in enumerate(clients)]
 
     def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
         if not results:
             return state
-        if any("client_state" in r.payload for r in results):
-            state = self.with_client_states(state, results)
         weights = [r.weight if self.weighted else 1.0 for r in results]
         if self.aggregation == "layerwise":
             union = dict(state["global"])
@@ -114,6 +102,3 @@ class HeteroFedAvg(Strategy):
         archs = state["models"] if self.aggregation == "same_shape" else state["arch_keys"]
         return {a: self.arch_state(state, a) for a in archs}
 
-    def global_model(self, state) -> StateDict:
-        """The first architecture's model (use :meth:`global_models` for all of them)."""
-        return next(iter(self.global_models(state).values()))

@@ -1,0 +1,125 @@
+"""One contract, checked on every strategy flcore ships (a new strategy must join the table):
+
+* its declared pairing holds: the trainer accepts the strategy with its own client objective, and
+  refuses the plain ``ClientModule`` exactly when the strategy declares an objective;
+* ``aggregate_fit`` never mutates the server state it is given (the trainer keeps it for an
+  interrupt checkpoint); the results' tensors are handed over and may be reused;
+* ``aggregate_fit`` with no results (every client failed) returns the state unchanged;
+* the server state survives a checkpoint round trip under ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from lightning import seed_everything
+
+import flcore.strategies as strategies
+from datamodules import Digits
+from flcore import FederatedTrainer
+from flcore.checkpoint import load_checkpoint
+from flcore.errors import ConfigError
+from flcore.strategies.base import Strategy
+from lightning_modules import (ClientModule, FedGenModule, FedINModule, FedNovaModule, FedProxModule, MoonModule,
+                               ScaffoldModule)
+from lightning_modules.models import CNN, HeteroResNet, WidthScaledResNet
+
+
+def _cnn():
+    return CNN(1, 10, 8, channels=(4, 8), hidden=16)
+
+
+def _family():
+    return HeteroResNet("resnet10", 1, 10, 4, "cifar")
+
+
+def _widths():
+    return WidthScaledResNet("resnet10", 1, 10, width=2, stem="cifar", rates=(1.0, 0.5))
+
+
+DEPTHS, WIDTHS = ["resnet10", "resnet14"], ["w1", "w0.5"]
+#: strategy name -> (objective factory, architectures or None)
+CASES = {
+    "FedAvg": (lambda: ClientModule(_cnn()), None),
+    "FedCross": (lambda: ClientModule(_cnn()), None),
+    "FedMR": (lambda: ClientModule(_cnn()), None),
+    "FedProx": (lambda: FedProxModule(_cnn(), mu=0.1), None),
+    "Scaffold": (lambda: ScaffoldModule(_cnn()), None),
+    "FedNova": (lambda: FedNovaModule(_cnn()), None),
+    "Moon": (lambda: MoonModule(_cnn(), projection_dim=8), None),
+    "FedGen": (lambda: FedGenModule(_cnn()), None),
+    "HeteroFedAvg": (lambda: ClientModule(_family()), DEPTHS),
+    "HeteroScaffold": (lambda: ScaffoldModule(_family()), DEPTHS),
+    "HeteroFedNova": (lambda: FedNovaModule(_family()), DEPTHS),
+    "FedIN": (lambda: FedINModule(_family()), DEPTHS),
+    "InclusiveFL": (lambda: ClientModule(_family()), DEPTHS),
+    "HeteroFL": (lambda: ClientModule(_widths()), WIDTHS),
+    "FedRolex": (lambda: ClientModule(_widths()), WIDTHS),
+}
+
+
+def _tensors(obj, prefix=""):
+    """Every tensor inside nested dicts / lists, by path."""
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj}
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(_tensors(v, f"{prefix}/{k}"))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            out.update(_tensors(v, f"{prefix}/{i}"))
+    return out
+
+
+def _same(a, b) -> bool:
+    ta, tb = _tensors(a), _tensors(b)
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_every_shipped_strategy_is_in_the_table():
+    shipped = {name for name in strategies.__all__
+               if inspect.isclass(getattr(strategies, name)) and issubclass(getattr(strategies, name), Strategy)
+               and not inspect.isabstract(getattr(strategies, name))}
+    assert shipped == set(CASES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_strategy_contract(tmp_path, name):
+    cls = getattr(strategies, name)
+    make_module, archs = CASES[name]
+    strategy = cls()
+    calls = []
+    aggregate = strategy.aggregate_fit
+
+    def checked_aggregate(rnd, results, state, rng):
+        before = {k: v.clone() for k, v in _tensors(state).items()}
+        unchanged = aggregate(rnd, [], state, rng)
+        assert _same(unchanged, state), "aggregate_fit([]) must return the state unchanged"
+        new = aggregate(rnd, results, state, rng)
+        after = _tensors(state)
+        assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before), \
+            "aggregate_fit mutated the server state it was given"
+        calls.append(new)
+        return new
+
+    strategy.aggregate_fit = checked_aggregate
+    seed_everything(0)
+    trainer = FederatedTrainer(strategy=strategy, rounds=2, clients_per_round=3, local={"max_epochs": 1},
+                               log_dir=str(tmp_path), name=name, architectures=archs)
+    trainer.fit(make_module(), Digits(num_clients=4, batch_size=32))
+    assert len(calls) == 2 and trainer.history[-1]["round/failed_clients"] == 0
+    ckpt = load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")  # weights_only=True
+    assert _same(ckpt["strategy_state"], calls[-1])
+
+    plain = ClientModule(make_module().net)  # the same net with the plain objective
+    refused = FederatedTrainer(strategy=cls(), rounds=1, clients_per_round=3, log_dir=str(tmp_path / "p"),
+                               architectures=archs)
+    if cls.client_objective is None:
+        refused._check(plain, Digits(num_clients=4, batch_size=32))
+    else:
+        with pytest.raises(ConfigError, match=f"trainer.strategy: .*{name} needs model.class_path {cls.client_objective}"):
+            refused._check(plain, Digits(num_clients=4, batch_size=32))
