@@ -11,7 +11,9 @@ per-sample Python work.
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import abstractmethod
+from contextlib import contextmanager
 from collections.abc import Sequence
 
 import lightning as L
@@ -22,11 +24,37 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.partition import IID, Partitioner, label_distribution
 
-__all__ = ["FederatedDataModule", "IndexedTensors", "ShuffledEpochs", "DatasetNotFoundError", "collate_batch"]
+__all__ = ["FederatedDataModule", "IndexedTensors", "ShuffledEpochs", "DatasetNotFoundError", "collate_batch",
+           "downloading"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """Dataset files are missing and ``download`` is off; the message says where and how."""
+
+
+@contextmanager
+def downloading(root: str | os.PathLike, what: str):
+    """Around a download into ``root``: runs on one machine that download into the same ``root``
+    take turns (an exclusive ``fcntl`` lock on ``root/.flcore-download.lock``; the second finds
+    the files in place), and a failed download (no network, a refused URL) becomes one
+    :class:`DatasetNotFoundError` line naming ``data.download`` and ``data.root``."""
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".flcore-download.lock"), "a") as lock:
+        try:
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            pass
+        try:
+            yield
+        except DatasetNotFoundError:
+            raise
+        except OSError as err:  # urllib's URLError, socket errors, HTTP errors are OSErrors
+            reason = str(getattr(err, "reason", "") or err).strip().splitlines()
+            raise DatasetNotFoundError(
+                f"data.download: could not download {what} ({reason[0][:120] if reason else type(err).__name__}); "
+                f"copy the files under data.root={os.path.abspath(root)} instead") from None
 
 
 class IndexedTensors(Dataset):
@@ -118,10 +146,12 @@ class FederatedDataModule(L.LightningDataModule):
         val_seed: seed of the validation draw (uniform without replacement).
 
     Raises:
-        ValueError: num_clients < 1, batch_size < 1, val_size < 0 (construction); num_clients
-            larger than the training set, or a val_size that leaves fewer training samples than
-            clients (setup).
-        DatasetNotFoundError: files missing with ``download=False`` (setup).
+        ValueError: num_clients < 1, batch_size < 1, eval_batch_size < 1, val_size < 0
+            (construction); num_clients larger than the training set, a val_size that leaves
+            fewer training samples than clients, or a partition that leaves a client without
+            samples (setup).
+        DatasetNotFoundError: files missing with ``download=False``, or a download that failed
+            (setup).
     """
 
     num_classes: int = 0
@@ -146,6 +176,8 @@ class FederatedDataModule(L.LightningDataModule):
             raise ValueError(f"data.num_clients: must be >= 1, got {num_clients}")
         if batch_size < 1:
             raise ValueError(f"data.batch_size: must be >= 1, got {batch_size}")
+        if eval_batch_size < 1:
+            raise ValueError(f"data.eval_batch_size: must be >= 1, got {eval_batch_size}")
         self.root = root
         self.num_clients = int(num_clients)
         self.partition = partition if partition is not None else IID()
@@ -183,6 +215,12 @@ class FederatedDataModule(L.LightningDataModule):
         self.x_test, self.y_test = x_test.contiguous(), y_test.long()
         labels = self.y_train.numpy()
         self.client_indices = self.partition(labels, self.num_clients, np.random.default_rng(self.seed))
+        empty = [c for c, part in enumerate(self.client_indices) if len(part) == 0]
+        if empty:  # a client with no data can never train: refuse it here, not in round r of a run
+            raise ValueError(
+                f"data.partition: {len(empty)} of {self.num_clients} clients get no training samples "
+                f"(clients {empty[:5]}{' ...' if len(empty) > 5 else ''}); lower data.num_clients or set "
+                f"partition.min_size >= 1")
 
     def _val_count(self, n: int) -> int:
         v = self.val_size

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.base import DatasetNotFoundError, FederatedDataModule
+from datamodules.base import DatasetNotFoundError, FederatedDataModule, downloading
 
 __all__ = ["Digits", "MNIST", "FashionMNIST", "CIFAR10", "CIFAR100", "DEBIAN_FASHION_MNIST"]
 
@@ -66,7 +66,10 @@ class _TorchvisionImages(FederatedDataModule):
 
         cls = getattr(tvd, self.tv_name)
         try:
-            return cls(root=self.root, train=train, download=self.download)
+            if self.download:
+                with downloading(self.root, self.tv_name):
+                    return cls(root=self.root, train=train, download=True)
+            return cls(root=self.root, train=train, download=False)
         except RuntimeError as err:
             if "not found" not in str(err).lower() and "corrupted" not in str(err).lower():
                 raise
@@ -189,7 +192,8 @@ class SVHN(FederatedDataModule):
         if not path.is_file() and self.download:
             import torchvision.datasets as tvd
 
-            tvd.SVHN(root=self.root, split=split, download=True)
+            with downloading(self.root, "SVHN"):
+                tvd.SVHN(root=self.root, split=split, download=True)
         if not path.is_file():
             raise DatasetNotFoundError(
                 f"data.root: SVHN file {split}_32x32.mat not found under {os.path.abspath(self.root)}; set "

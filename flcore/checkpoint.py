@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 
 from flcore.errors import ConfigError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "resolve_ckpt_path"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_resume_checkpoint", "resolve_ckpt_path", "newest_version"]
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike, keep_last: int = 0) -> Path:
@@ -33,6 +34,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike, keep_last:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(".*.tmp"):  # left by a writer killed mid-write (one writer per folder)
+        stale.unlink(missing_ok=True)
     _atomic_save(payload, path)
     _atomic_save(payload, path.parent / "last.ckpt")
     if keep_last > 0:
@@ -59,21 +62,58 @@ def _atomic_save(payload: dict[str, Any], path: Path) -> None:
         raise
 
 
+def newest_version(log_root: str | os.PathLike) -> Path | None:
+    """The newest run folder ``log_root/version_N`` (highest N), or ``None``."""
+    versions = [p for p in Path(log_root).glob("version_*") if p.is_dir() and p.name[8:].isdigit()]
+    return max(versions, key=lambda p: int(p.name[8:])) if versions else None
+
+
 def resolve_ckpt_path(ckpt_path: str, log_root: str | os.PathLike) -> Path:
-    """``"last"`` -> the newest ``last.ckpt`` under ``log_root``; otherwise the path itself.
+    """``"last"`` -> ``last.ckpt`` of the newest run ``log_root/version_N``; otherwise the path.
+
+    Only the newest run is resumed: if it stopped before its first checkpoint, an older run of the
+    same name is never picked up (and rewritten) in its place.
 
     Raises:
-        ConfigError: no checkpoint found.
+        ConfigError: no run, or the newest run has no checkpoint; a path that is no file.
     """
     if ckpt_path == "last":
-        found = sorted(Path(log_root).glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise ConfigError(f"ckpt_path: 'last' found no checkpoints/last.ckpt under {os.path.abspath(log_root)}")
-        return found[-1]
+        newest = newest_version(log_root)
+        if newest is None:
+            raise ConfigError(f"ckpt_path: 'last' found no run (version_N folder) under {os.path.abspath(log_root)}")
+        ckpts = newest / "checkpoints"
+        if not (ckpts / "last.ckpt").is_file() and not any(ckpts.glob("round_*.ckpt")):
+            raise ConfigError(f"ckpt_path: 'last': the newest run {newest} stopped before its first checkpoint; "
+                              f"run again without --ckpt_path to start it over")
+        return ckpts / "last.ckpt"
     path = Path(ckpt_path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path: no such file: {path}")
     return path
+
+
+def load_resume_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`load_checkpoint`; if ``path`` is a ``last.ckpt`` that is missing or unreadable, the
+    newest readable ``round_*.ckpt`` beside it instead, with a warning naming both.
+
+    Raises:
+        ConfigError: nothing readable.
+    """
+    path = Path(path)
+    try:
+        return load_checkpoint(path)
+    except ConfigError as err:
+        if path.name != "last.ckpt":
+            raise
+        first = err
+    for candidate in sorted(path.parent.glob("round_*.ckpt"), reverse=True):
+        try:
+            payload = load_checkpoint(candidate)
+        except ConfigError:
+            continue
+        warnings.warn(f"{first}; resuming from {candidate.name} instead", stacklevel=2)
+        return payload
+    raise first
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

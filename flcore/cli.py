@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -125,6 +126,48 @@ def _one_line(err: BaseException) -> str:
     return f"{field}: {reason}" if field and not reason.startswith(field) else reason
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a key given twice in one mapping (PyYAML keeps the last
+    one silently, so a typo'd override would be lost without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Read every ``--config FILE`` of ``argv`` strictly before the CLI parses it: a YAML error
+    is reported with the file, line, column and reason, and a duplicate key is an error.
+
+    Raises:
+        ConfigError: ``--config FILE: line L, column C: reason``.
+    """
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        if not Path(path).is_file():
+            continue  # inline YAML or a missing file: jsonargparse reports it
+        try:
+            yaml.load(Path(path).read_text(), Loader=_StrictLoader)
+        except yaml.MarkedYAMLError as err:
+            mark = err.problem_mark
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            context = f" ({err.context})" if err.context else ""
+            raise ConfigError(f"--config {path}: {where}{err.problem}{context}") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError(f"--config {path}: cannot be read as YAML ({str(err).splitlines()[0][:120]})") from None
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``flcore`` console script. Returns 0, or exits 2 on bad input."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -136,6 +179,7 @@ def main(args: list[str] | None = None) -> int:
             raise SystemExit(code)
         return 0
     try:
+        check_config_files(argv)
         FlcoreCLI(args=args)
     except ConfigError as err:
         print(f"flcore: error: {err}", file=sys.stderr)

@@ -1,8 +1,12 @@
 """Pure functions of federated aggregation on lists of ``state_dict``s.
 
 Every function here takes model states (``dict[str, Tensor]``, all with the same keys and
-shapes unless stated) and returns new ones; no function mutates its inputs or touches data,
-optimizers or trainers. Strategies in :mod:`flcore.strategies` hold state and call these.
+shapes unless stated) and returns new ones, and touches no data, optimizers or trainers.
+Inputs are never mutated, except where a function says so by an explicit argument:
+``mix(..., out=t)`` writes its result into ``t``, and ``cross_aggregate(..., inplace=True)``
+writes the K new models into the K input tensors (FedCross does this with the uploads it is
+handed, to need no extra model copies). Strategies in :mod:`flcore.strategies` hold state and
+call these.
 
 Buffer policy (applies to every averaging function in this module):
 

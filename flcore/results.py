@@ -104,7 +104,7 @@ def _evaluation(row: dict[str, float] | None) -> dict[str, float] | None:
 
 def write_results_json(path: str | os.PathLike, *, history: list[dict[str, float]], config: dict[str, Any] | None,
                        seed: int, status: str, wall_time_s: float, report_best_test: bool = False,
-                       rounds_planned: int | None = None) -> dict[str, Any]:
+                       rounds_planned: int | None = None, run_id: str | None = None) -> dict[str, Any]:
     """Write the run record (module docstring) and return it.
 
     Args:
@@ -117,11 +117,13 @@ def write_results_json(path: str | os.PathLike, *, history: list[dict[str, float
         report_best_test: also record the highest test accuracy over the evaluated rounds
             (the papers' "best test accuracy": selection on the test set, optimistic).
         rounds_planned: ``trainer.rounds``.
+        run_id: the run's id (kept across resumes; also in every checkpoint).
     """
     evals = [h for h in history if "global/test_acc" in h]
     best = select_best(history)
     record: dict[str, Any] = {
         "status": status,
+        "run_id": run_id,
         "rounds_completed": history[-1]["round"] if history else 0,
         "rounds_planned": rounds_planned,
         "seed": seed,

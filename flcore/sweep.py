@@ -40,6 +40,8 @@ from typing import Any
 
 import yaml
 
+from flcore.checkpoint import newest_version
+
 __all__ = ["expand", "run_status", "main"]
 
 
@@ -86,12 +88,15 @@ def expand(grid_file: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run_status(run_root: str | Path) -> str:
-    """``"finished"``, ``"resumable"`` (a checkpoint exists) or ``"new"``."""
-    root = Path(run_root)
-    results = sorted(root.glob("version_*/results.json"), key=lambda p: int(p.parent.name.split("_")[-1]))
-    if results and json.loads(results[-1].read_text()).get("status") == "finished":
+    """Of the newest run folder (``version_N``), as ``--ckpt_path last`` sees it: ``"finished"``,
+    ``"resumable"`` (it has a checkpoint) or ``"new"`` (none, or no checkpoint yet)."""
+    newest = newest_version(run_root)
+    if newest is None:
+        return "new"
+    results = newest / "results.json"
+    if results.is_file() and json.loads(results.read_text()).get("status") == "finished":
         return "finished"
-    return "resumable" if any(root.glob("version_*/checkpoints/last.ckpt")) else "new"
+    return "resumable" if any((newest / "checkpoints").glob("*.ckpt")) else "new"
 
 
 def _launch(run: dict[str, Any], threads: int, log: Path) -> tuple[str, int, float]:

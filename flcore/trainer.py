@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from flcore.checkpoint import load_checkpoint, resolve_ckpt_path, save_checkpoint
+from flcore.checks import check_architectures, check_run
+from flcore.checkpoint import load_checkpoint, load_resume_checkpoint, resolve_ckpt_path, save_checkpoint
 from flcore.errors import ClientFailureError, ConfigError, RunInterrupted
 from flcore.executors import Executor, SequentialExecutor
 from flcore.functional import state_bytes
@@ -26,7 +28,8 @@ from flcore.progress import RoundProgress
 from flcore.results import select_best, write_metrics_csv, write_results_json
 from flcore.samplers import ClientSampler, UniformSampler
 from flcore.seeding import STREAM_SAMPLER, STREAM_STRATEGY, round_rng
-from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, Strategy
+from flcore.messages import ClientFailure, ClientResult, ClientTask
+from flcore.strategies.base import Strategy
 from flcore.strategies.fedavg import FedAvg
 
 __all__ = ["FederatedTrainer"]
@@ -43,12 +46,19 @@ def client_accuracy_stats(accs: np.ndarray) -> dict[str, float]:
             "clients/test_acc_min": float(a[0]), "clients/test_acc_worst10": float(worst.mean())}
 
 
+def _client_states(ckpt: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The client states of a checkpoint. Checkpoints written before client state became the
+    trainer's kept it inside the strategy state (``strategy_state["clients"]``): moved here."""
+    if "client_states" in ckpt:
+        return dict(ckpt["client_states"])
+    state = ckpt.get("strategy_state")
+    return dict(state.pop("clients", {})) if isinstance(state, dict) else {}
+
+
 def _payload_bytes(payload: dict[str, Any]) -> int:
-    """Bytes of the tensors in a payload, except ``client_state`` (kept on the client)."""
+    """Bytes of the tensors in a payload (client state is a separate field, never counted)."""
     total = 0
-    for key, v in payload.items():
-        if key == "client_state":
-            continue
+    for v in payload.values():
         if isinstance(v, torch.Tensor):
             total += v.numel() * v.element_size()
         elif isinstance(v, dict):
@@ -68,7 +78,11 @@ class FederatedTrainer:
             number of local epochs E (default 5); ``accelerator``, ``precision``, ... as in Lightning.
         log_dir: TensorBoard root; a run writes to ``log_dir/name/version_N``.
         name: experiment name (sub-folder of ``log_dir``).
-        checkpoint_every: write a checkpoint every this many rounds (0: only at the end).
+        checkpoint_every: write a checkpoint every this many rounds (0: only at the end, and by
+            ``checkpoint_interval_s``).
+        checkpoint_interval_s: also write one after the first round that ends this many seconds
+            (wall clock) after the previous checkpoint (default 300: an interrupted run loses at
+            most about five minutes plus a round); ``null``: rounds only.
         keep_checkpoints: keep this many ``round_*.ckpt`` files (0: all).
         executor: how local updates run (default sequential).
         sampler: client sampler (default uniform without replacement).
@@ -126,6 +140,7 @@ class FederatedTrainer:
         log_dir: str = "runs",
         name: str = "default",
         checkpoint_every: int = 0,
+        checkpoint_interval_s: float | None = 300.0,
         keep_checkpoints: int = 3,
         executor: Executor | None = None,
         sampler: ClientSampler | None = None,
@@ -146,6 +161,7 @@ class FederatedTrainer:
         self.log_dir = log_dir
         self.name = name
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_s = checkpoint_interval_s
         self.keep_checkpoints = keep_checkpoints
         self.executor = executor if executor is not None else SequentialExecutor()
         self.sampler = sampler if sampler is not None else UniformSampler()
@@ -161,122 +177,12 @@ class FederatedTrainer:
         self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
         self.history: list[dict[str, float]] = []
         self.run_dir: Path | None = None
+        self.run_id: str | None = None  # set by fit: new per run, kept across resumes
 
     # ------------------------------------------------------------------ checks
     def _check(self, model: L.LightningModule, datamodule) -> None:
-        """Every check that can fail before training; raises ConfigError naming the field."""
-        for field, value, low in (("rounds", self.rounds, 1), ("eval_every", self.eval_every, 1),
-                                  ("clients_per_round", self.clients_per_round, 1),
-                                  ("checkpoint_every", self.checkpoint_every, 0),
-                                  ("client_eval_every", self.client_eval_every, 0),
-                                  ("client_test_size", self.client_test_size, 1),
-                                  ("keep_checkpoints", self.keep_checkpoints, 0)):
-            if not isinstance(value, int) or value < low:
-                raise ConfigError(f"trainer.{field}: must be an integer >= {low}, got {value!r}")
-        if self.on_client_failure not in ("drop", "raise"):
-            raise ConfigError(f"trainer.on_client_failure: must be one of ['drop', 'raise'], got {self.on_client_failure!r}")
-        if self.max_time_s is not None and not self.max_time_s > 0:
-            raise ConfigError(f"trainer.max_time_s: must be > 0 seconds or null, got {self.max_time_s!r}")
-        epochs = self.local.get("max_epochs", 5)
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ConfigError(f"trainer.local.max_epochs: local epochs must be an integer >= 1, got {epochs!r}")
-        try:
-            datamodule.setup("fit")
-        except (ValueError, FileNotFoundError) as err:
-            raise ConfigError(str(err)) from None
-        n = datamodule.num_clients
-        if self.clients_per_round > n:
-            raise ConfigError(
-                f"trainer.clients_per_round: must be in [1, data.num_clients={n}], got {self.clients_per_round}"
-            )
-        try:
-            self.strategy.validate(n, self.clients_per_round)
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        try:
-            model.check_local_config({**DEFAULT_LOCAL, **self.local})
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-        self._check_net(model, datamodule)
-        self._modules = None
-        if self.architectures is not None or self.client_architectures is not None:
-            self._modules, self._client_arch = self._check_architectures(model, datamodule)
-        elif getattr(self.strategy, "heterogeneous", False):
-            raise ConfigError(f"trainer.architectures: {type(self.strategy).__name__} is a heterogeneous-model strategy; "
-                              f"list the clients' architectures, e.g. [resnet10, resnet14, resnet18, resnet22, resnet26]")
-
-    def _check_architectures(self, model, datamodule) -> tuple[dict[str, L.LightningModule], list[str]]:
-        """Per-architecture modules and each client's architecture; ConfigError on bad input."""
-        names = list(self.architectures if self.architectures is not None else dict.fromkeys(self.client_architectures or []))
-        family = getattr(model.net, "ARCHITECTURES", None)
-        if family is None or not hasattr(model, "for_architecture"):
-            raise ConfigError(f"model.net: {type(model.net).__name__} is not a model family; trainer.architectures needs "
-                              f"one such as lightning_modules.models.HeteroResNet")
-        if not names:
-            raise ConfigError("trainer.architectures: must list at least one architecture")
-        for name in names:
-            if name not in family:
-                raise ConfigError(f"trainer.architectures: must be names from {list(family)}, got {name!r}")
-        n = datamodule.num_clients
-        if self.client_architectures is not None:
-            if len(self.client_architectures) != n:
-                raise ConfigError(f"trainer.client_architectures: must give one architecture per client "
-                                  f"(data.num_clients={n}), got {len(self.client_architectures)}")
-            for name in self.client_architectures:
-                if name not in names:
-                    raise ConfigError(f"trainer.client_architectures: must be names from {names}, got {name!r}")
-            client_arch = list(self.client_architectures)
-        else:
-            client_arch = [names[c % len(names)] for c in range(n)]
-        if not getattr(self.strategy, "heterogeneous", False):
-            raise ConfigError(f"trainer.strategy: {type(self.strategy).__name__} aggregates one architecture; with "
-                              f"trainer.architectures use flcore.strategies.HeteroFedAvg or flcore.strategies.FedIN")
-        modules = {name: model.for_architecture(name) for name in names}
-        for module in modules.values():
-            self._check_net(module, datamodule)
-        if getattr(self.strategy, "needs_features", False):
-            self._check_feature_shapes(modules, datamodule)
-        return modules, client_arch
-
-    @staticmethod
-    def _check_feature_shapes(modules, datamodule) -> None:
-        """FedIN exchanges (s_in, s_out) between architectures: their shapes must agree."""
-        shapes = {}
-        for name, module in modules.items():
-            net = module.net
-            if not (hasattr(net, "extractor") and hasattr(net, "intermediate")):
-                raise ConfigError(f"model.net: FedIN needs extractor / intermediate / classifier sub-modules "
-                                  f"(e.g. lightning_modules.models.HeteroResNet); {type(net).__name__} has none")
-            was = net.training
-            net.eval()
-            with torch.no_grad():
-                s_in = net.extractor(datamodule.x_test[:2])
-                shapes[name] = (tuple(s_in.shape[1:]), tuple(net.intermediate(s_in).shape[1:]))
-            net.train(was)
-        if len(set(shapes.values())) > 1:
-            detail = ", ".join(f"{a} s_in {i} s_out {o}" for a, (i, o) in shapes.items())
-            raise ConfigError(f"model.net: FedIN exchanges features, but their shapes differ between architectures: {detail}")
-
-    @staticmethod
-    def _check_net(model, datamodule) -> None:
-        x = datamodule.x_test[:2]
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = model(x)
-        except RuntimeError as err:
-            raise ConfigError(
-                f"model.net: cannot take the data's inputs of shape {tuple(x.shape[1:])} "
-                f"(set in_channels / image_size to match data): {str(err).splitlines()[0][:100]}"
-            ) from None
-        finally:
-            model.train(was_training)
-        if out.dim() != 2 or out.shape[1] != datamodule.num_classes:
-            raise ConfigError(
-                f"model.net.num_classes: must equal the data's {datamodule.num_classes} classes, "
-                f"net outputs shape {tuple(out.shape)}"
-            )
+        """Every check that can fail before training (:func:`flcore.checks.check_run`)."""
+        self._modules, self._client_arch = check_run(self, model, datamodule)
 
     # ------------------------------------------------------------------ fit
     def fit(self, model: L.LightningModule, datamodule=None, ckpt_path: str | None = None) -> dict[str, Any]:
@@ -299,10 +205,15 @@ class FederatedTrainer:
         self._check(model, datamodule)
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         start, state, version = 0, None, None
+        kept: dict[int, dict[str, Any]] = {}  # client-resident state (ClientTask.client_state), by client id
+        self.run_id = uuid.uuid4().hex[:12]
         if ckpt_path:
-            ckpt = load_checkpoint(resolve_ckpt_path(ckpt_path, Path(self.log_dir) / self.name))
-            self._check_resume(ckpt, datamodule)
+            path = resolve_ckpt_path(ckpt_path, Path(self.log_dir) / self.name)
+            ckpt = load_resume_checkpoint(path)
+            self._check_resume(ckpt, datamodule, path)
             start, state, version = ckpt["round"], ckpt["strategy_state"], ckpt.get("version")
+            self.run_id = ckpt.get("run_id") or self.run_id
+            kept = _client_states(ckpt)
             self.history = list(ckpt.get("history", []))
             self._wall_before = float(ckpt.get("wall_time_s", 0.0))
         hetero = self._modules is not None
@@ -327,7 +238,9 @@ class FederatedTrainer:
                 init = {k: v.detach().to("cpu", copy=True) for k, v in model.net.state_dict().items()}
             state = self.strategy.initialize(init, self.clients_per_round, num_clients=datamodule.num_clients)
             del init  # the strategy holds its own copy; one model copy less for the whole run
-        logger = TensorBoardLogger(self.log_dir, name=self.name, version=version, default_hp_metric=False)
+        # a resumed run drops the TensorBoard events of rounds after its checkpoint (redone now)
+        tb_kwargs = {"purge_step": start + 1} if start else {}
+        logger = TensorBoardLogger(self.log_dir, name=self.name, version=version, default_hp_metric=False, **tb_kwargs)
         self.run_dir = Path(logger.log_dir)
         if start == 0:
             logger.log_hyperparams(self._hparams(seed, datamodule))
@@ -339,11 +252,13 @@ class FederatedTrainer:
         t0 = time.perf_counter()
         self._t0 = t0
         completed = start
+        last_save = t0
         with _signals_raise_interrupt(), RoundProgress(self.rounds, start) as progress, _closing(self.executor):
             try:
                 for rnd in range(start, self.rounds):
                     out_of_time = self.max_time_s is not None and time.perf_counter() - t0 >= self.max_time_s
-                    state, metrics, completed = *self._round(rnd, state, runner, datamodule, seed, out_of_time), rnd + 1
+                    state, kept, metrics, completed = *self._round(rnd, state, kept, runner, datamodule, seed,
+                                                                   out_of_time), rnd + 1
                     if self.client_eval_every and (completed % self.client_eval_every == 0 or completed == self.rounds
                                                    or out_of_time):
                         accs = self._evaluate_clients(runner, state)
@@ -354,14 +269,16 @@ class FederatedTrainer:
                     write_metrics_csv(self.run_dir / "metrics.csv", self.history)
                     progress.update(completed, metrics, time.perf_counter() - t0)
                     last = completed == self.rounds or out_of_time
-                    if last or (self.checkpoint_every and completed % self.checkpoint_every == 0):
-                        self._save(completed, state, datamodule, logger.version)
+                    due = self.checkpoint_interval_s is not None and time.perf_counter() - last_save >= self.checkpoint_interval_s
+                    if last or due or (self.checkpoint_every and completed % self.checkpoint_every == 0):
+                        self._save(completed, state, kept, datamodule, logger.version)
+                        last_save = time.perf_counter()
                     if out_of_time:
                         print(f"flcore: trainer.max_time_s={self.max_time_s} reached after round {completed}")
                         break
             except (RunInterrupted, ClientFailureError) as err:
                 logger.finalize("interrupted")
-                path = self._save(completed, state, datamodule, logger.version)
+                path = self._save(completed, state, kept, datamodule, logger.version)
                 self._write_results(seed, "interrupted" if isinstance(err, RunInterrupted) else "failed")
                 msg = f"{err}; last good state (round {completed}) saved to {path}"
                 if isinstance(err, RunInterrupted):
@@ -376,12 +293,18 @@ class FederatedTrainer:
         logger.finalize("success")
         return self._summary(time.perf_counter() - t0)
 
-    def _round(self, rnd, state, runner, datamodule, seed, force_eval=False):
+    def _round(self, rnd, state, kept, runner, datamodule, seed, force_eval=False):
+        """One round: returns ``(strategy state, client states, metrics)``. The client states
+        (``kept``: client id -> ``ClientResult.client_state``) are a new dict, so the caller's
+        pair stays consistent for an interrupt checkpoint."""
         t0 = time.perf_counter()
         clients = self.sampler.sample(rnd, datamodule.num_clients, self.clients_per_round,
                                       round_rng(seed, rnd, STREAM_SAMPLER))
         rng = round_rng(seed, rnd, STREAM_STRATEGY)
         tasks: list[ClientTask] = self.strategy.configure_fit(rnd, clients, state, rng)
+        if any(m.keeps_client_state for m in runner.modules.values()):
+            for task in tasks:
+                task.client_state = kept.get(task.cid)
         outcomes = self.executor.run(rnd, tasks, runner)
         results: list[ClientResult] = [o for o in outcomes if isinstance(o, ClientResult)]
         failures = [o for o in outcomes if isinstance(o, ClientFailure)]
@@ -396,6 +319,8 @@ class FederatedTrainer:
                 r.agg_weight = 1.0
         self.sampler.observe(tasks, results)  # before aggregation, which may reuse the results' tensors
         state = self.strategy.aggregate_fit(rnd, results, state, rng)
+        if any(r.client_state is not None for r in results):  # failed clients keep their old state
+            kept = {**kept, **{r.cid: r.client_state for r in results if r.client_state is not None}}
         wall = time.perf_counter() - t0
         epochs = runner.trainer.max_epochs
         metrics: dict[str, float] = {
@@ -411,7 +336,7 @@ class FederatedTrainer:
                 metrics[f"clients/{key}"] = sum(vals) / len(vals)
         if force_eval or (rnd + 1) % self.eval_every == 0 or rnd + 1 == self.rounds:
             metrics.update(self._evaluate(runner, state))
-        return state, metrics
+        return state, kept, metrics
 
     def _evaluate(self, runner: LocalRunner, state, stage: str = "test", with_val: bool = True) -> dict[str, float]:
         """``global/test_acc`` and ``global/test_loss``, and ``global/val_acc`` / ``global/val_loss``
@@ -473,7 +398,7 @@ class FederatedTrainer:
             raise ConfigError(str(err)) from None
         self._modules = None
         if self.architectures is not None or self.client_architectures is not None:
-            self._modules, self._client_arch = self._check_architectures(model, datamodule)
+            self._modules, self._client_arch = check_architectures(self, model, datamodule)
             self.strategy.bind(self._client_arch)
         runner = LocalRunner(self._modules if self._modules is not None else model, datamodule, self.local, 0,
                              self.callbacks)
@@ -520,7 +445,22 @@ class FederatedTrainer:
                 "trainer.local": trainer.get("local"), "trainer.architectures": trainer.get("architectures"),
                 "trainer.client_architectures": trainer.get("client_architectures")}
 
-    def _check_resume(self, ckpt, datamodule) -> None:
+    def _check_resume(self, ckpt, datamodule, path: Path) -> None:
+        """Refuse a resume that would rewrite a finished run, mix runs, or change the experiment."""
+        if ckpt["round"] >= self.rounds:
+            raise ConfigError(f"ckpt_path: {path} is a finished run ({ckpt['round']} rounds, trainer.rounds={self.rounds}); "
+                              f"raise trainer.rounds to continue it, or run without --ckpt_path to start a new run")
+        record = path.parent.parent / "results.json"
+        if ckpt.get("run_id") and record.is_file():
+            import json
+
+            try:
+                other = json.loads(record.read_text()).get("run_id")
+            except (OSError, ValueError):
+                other = None
+            if other and other != ckpt["run_id"]:
+                raise ConfigError(f"ckpt_path: {path} belongs to run {ckpt['run_id']}, but its folder holds run {other}; "
+                                  f"resume refuses to mix runs")
         if ckpt.get("partition_checksum") not in (None, datamodule.partition_checksum()):
             raise ConfigError("ckpt_path: the checkpoint was made with a different data partition")
         old = ckpt.get("experiment")
@@ -531,11 +471,13 @@ class FederatedTrainer:
         if differ:
             raise ConfigError(f"ckpt_path: resuming with a different experiment is refused; fields differ: {', '.join(differ)}")
 
-    def _save(self, completed_rounds, state, datamodule, version) -> Path:
+    def _save(self, completed_rounds, state, kept, datamodule, version) -> Path:
         assert self.run_dir is not None
         payload = {
             "round": completed_rounds,
+            "run_id": self.run_id,
             "strategy_state": state,
+            "client_states": kept,
             "sampler": self.sampler.state_dict(),
             "history": self.history,
             "partition_checksum": datamodule.partition_checksum(),
@@ -549,7 +491,8 @@ class FederatedTrainer:
     def _write_results(self, seed: int, status: str) -> dict[str, Any]:
         return write_results_json(self.run_dir / "results.json", history=self.history, config=self.run_config,
                                   seed=seed, status=status, wall_time_s=self._wall_total(),
-                                  report_best_test=self.report_best_test, rounds_planned=self.rounds)
+                                  report_best_test=self.report_best_test, rounds_planned=self.rounds,
+                                  run_id=self.run_id)
 
     def _wall_total(self) -> float:
         return getattr(self, "_wall_before", 0.0) + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)

@@ -44,6 +44,18 @@ INVALID = [
     (["--trainer.strategy.class_path", "flcore.strategies.Scaffold", "--model.class_path",
       "lightning_modules.ScaffoldModule", "--trainer.local.precision", "16-mixed"], "trainer.local.precision"),
     (["--trainer.strategy.class_path", "flcore.strategies.Scaffold", S + "global_lr", "0"], "strategy.global_lr"),
+    # strategy <-> local objective pairing (a mismatched pair would run silently as another method)
+    (["--trainer.strategy.class_path", "flcore.strategies.Scaffold"], "needs model.class_path lightning_modules.ScaffoldModule"),
+    (["--trainer.strategy.class_path", "flcore.strategies.FedProx"], "needs model.class_path lightning_modules.FedProxModule"),
+    (["--trainer.strategy.class_path", "flcore.strategies.FedNova"], "needs model.class_path lightning_modules.FedNovaModule"),
+    (["--trainer.strategy.class_path", "flcore.strategies.Moon"], "needs model.class_path lightning_modules.MoonModule"),
+    (["--trainer.strategy.class_path", "flcore.strategies.FedGen"], "needs model.class_path lightning_modules.FedGenModule"),
+    (["--model.class_path", "lightning_modules.ScaffoldModule"], "model.class_path: lightning_modules.ScaffoldModule needs"),
+    (["--model.class_path", "lightning_modules.MoonModule"], "needs trainer.strategy.class_path flcore.strategies.Moon"),
+    (["--model.class_path", "lightning_modules.FedNovaModule"], "needs trainer.strategy.class_path flcore.strategies.FedNova"),
+    (["--model.class_path", "lightning_modules.FedProxModule"], "needs trainer.strategy.class_path flcore.strategies.FedProx"),
+    (["--trainer.strategy.class_path", "flcore.strategies.FedAvg", "--model.class_path", "lightning_modules.FedGenModule"],
+     "needs trainer.strategy.class_path flcore.strategies.FedGen"),
     # model
     (["--model.class_path", "lightning_modules.FedProxModule", "--model.init_args.mu", "-0.1"], "model.mu"),
     (["--model.class_path", "lightning_modules.MoonModule", "--model.init_args.temperature", "0"], "model.temperature"),
@@ -56,6 +68,53 @@ INVALID = [
     (["--model.class_path", "lightning_modules.NoSuch"], "model"),
     (["--model.class_path", "lightning_modules.FedGenModule", N + "class_path", "torch.nn.Identity"],
      "feature/classifier split"),
+    # trainer.local: checked against lightning.Trainer and this machine
+    (["--trainer.local.nosuch", "1"], "trainer.local.nosuch: not a lightning.Trainer argument; allowed: accelerator"),
+    (["--trainer.local.devices", "2"], "trainer.local.devices: each local update runs in one process on one device"),
+    (["--trainer.local.devices", "0"], "trainer.local.devices"),
+    (["--trainer.local.num_nodes", "2"], "trainer.local.num_nodes: must be 1"),
+    (["--trainer.local.strategy", "ddp"], "trainer.local.strategy: must be one of ['auto', 'single_device']"),
+    (["--trainer.local.accelerator", "tpu"], "trainer.local.accelerator: 'tpu' is not available on this machine"),
+    (["--trainer.local.precision", "bogus"], "trainer.local.precision: must be one of"),
+    (["--trainer.local.accumulate_grad_batches", "0"], "trainer.local.accumulate_grad_batches: must be an integer >= 1"),
+    (["--trainer.local.limit_train_batches", "0"], "trainer.local.limit_train_batches: set by flcore"),
+    (["--trainer.local.max_steps", "10"], "trainer.local.max_steps: set by flcore"),
+    (["--trainer.local.logger", "true"], "trainer.local.logger: set by flcore"),
+    (["--trainer.local.gradient_clip_val", "-1"], "trainer.local.gradient_clip_val: must be a number >= 0"),
+    (["--trainer.local.gradient_clip_algorithm", "max"], "trainer.local.gradient_clip_algorithm: must be one of ['norm', 'value']"),
+    (["--trainer.local.profiler", "nosuch"], "trainer.local: lightning.Trainer refuses these settings"),
+    (["--trainer.local.max_epochs", "-1"], "trainer.local.max_epochs"),
+    # more trainer fields
+    (["--trainer.checkpoint_interval_s", "0"], "trainer.checkpoint_interval_s: must be > 0 seconds or null"),
+    (["--trainer.client_eval_every", "-1"], "trainer.client_eval_every"),
+    (["--trainer.client_test_size", "0"], "trainer.client_test_size"),
+    (["--trainer.rounds", "1.5"], "trainer.rounds"),
+    (["--trainer.report_best_test", "maybe"], "trainer.report_best_test"),
+    (["--trainer.log_dir", "/proc/flcore-cannot-write-here"], "trainer.log_dir: /proc/flcore-cannot-write-here is not a writable folder"),
+    (["--trainer.executor.class_path", "flcore.executors.ProcessPoolExecutor", "--trainer.executor.init_args.num_workers", "0"],
+     "trainer.executor.num_workers"),
+    (["--trainer.executor.class_path", "flcore.executors.RayExecutor", "--trainer.executor.init_args.address", "127.0.0.1:1",
+      "--trainer.executor.init_args.connect_timeout_s", "2"], "trainer.executor.address: cannot reach Ray at 127.0.0.1:1"),
+    (["--trainer.executor.class_path", "flcore.executors.RayExecutor", "--trainer.executor.init_args.address", "nohost"],
+     "trainer.executor.address: must be null, 'auto', 'host:port' or 'ray://host:port'"),
+    (["--trainer.architectures", "[resnet10]"], "model.net: CNN is not a model family"),
+    (["--seed_everything", "abc"], "seed_everything"),
+    # optimizer hyper-parameters (torch's own check, run once before training)
+    (["--model.init_args.optimizer.init_args.lr", "-0.1"], "model.optimizer: Invalid learning rate: -0.1"),
+    (["--model.init_args.optimizer.init_args.momentum", "-0.5"], "model.optimizer: Invalid momentum value: -0.5"),
+    (["--model.init_args.channels_last", "maybe"], "model.channels_last"),
+    # data values
+    ([D + "eval_batch_size", "0"], "data.eval_batch_size: must be >= 1"),
+    ([D + "val_size", "-1"], "data.val_size"),
+    ([D + "val_size", "2000"], "data.val_size"),
+    ([D + "num_clients", "1000", P + "init_args.min_size", "0", P + "init_args.beta", "0.01"],
+     "data.partition: 732 of 1000 clients get no training samples"),
+    ([N + "class_path", "lightning_modules.models.ResNet20", N + "init_args.in_channels", "1", D + "batch_size", "1"],
+     "data.batch_size: 1 cannot train the BatchNorm layers"),
+    ([P + "class_path", "datamodules.ClassesPerClient", P + "init_args.k", "0"], "partition.k"),
+    ([P + "class_path", "datamodules.QuantitySkew", P + "init_args.distribution", "zipf"], "['dirichlet', 'power_law']"),
+    (["--data.class_path", "datamodules.CIFAR10", D + "root", "/tmp/flcore-no-network-data", D + "download", "true"],
+     "data.download: could not download CIFAR10"),
     # data
     (["--data.class_path", "datamodules.NoSuch"], "data"),
     ([P + "class_path", "datamodules.NoSuch"], "data.partition"),
@@ -78,6 +137,29 @@ def test_invalid_config_stops_with_one_line(run_cli, tmp_path, args, needle):
     assert code == 2, (code, err)
     assert len(lines) == 1, err
     assert lines[0].startswith("flcore: error: ") and needle in lines[0], lines[0]
+    assert not list((tmp_path / "runs").rglob("version_*")), "a run folder was written before the error"
+
+
+def test_the_table_covers_at_least_80_bad_inputs():
+    assert len(INVALID) + len(BAD_YAML) >= 80
+
+
+BAD_YAML = [
+    ("trainer:\n  rounds: 3\n  rounds: 4\n", "line 3, column 3: duplicate key 'rounds' (first on line 2)"),
+    ("trainer:\n  rounds: [3\n  name: x\n", "line 3, column 7: expected ',' or ']', but got ':'"),
+    ("trainer:\n\trounds: 3\n", "line 2, column 1: found character '\\t' that cannot start any token"),
+    ("model: {a: 1\n", "expected ',' or '}'"),
+]
+
+
+@pytest.mark.parametrize("text,needle", BAD_YAML, ids=["duplicate", "flow", "tab", "brace"])
+def test_bad_yaml_names_file_line_and_reason(run_cli, tmp_path, text, needle):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    code, out, err = run_cli("fit", "--config", QUICKSTART, "--config", str(bad))
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(f"flcore: error: --config {bad}: ") and needle in lines[0], lines[0]
     assert "Traceback" not in err
     assert not list((tmp_path / "runs").glob("**/events.out.*"))  # nothing trained or logged
 

@@ -136,3 +136,18 @@ def test_svhn_missing_files_one_line(tmp_path):
 
     with pytest.raises(DatasetNotFoundError, match=r"data.root: SVHN file train_32x32.mat not found"):
         SVHN(root=str(tmp_path)).setup("fit")
+
+
+def test_a_partition_with_an_empty_client_is_refused_at_setup():
+    """A client without data could never train (and a resume would meet it again): refused when
+    the data is partitioned, naming the field."""
+    from datamodules.partition import Partitioner
+
+    class LeavesOneEmpty(Partitioner):
+        def __call__(self, labels, num_clients, rng):
+            parts = np.array_split(np.arange(len(labels)), num_clients - 1)
+            return [*parts, np.zeros(0, dtype=np.int64)]
+
+    dm = Digits(num_clients=5, partition=LeavesOneEmpty())
+    with pytest.raises(ValueError, match=r"data.partition: 1 of 5 clients get no training samples \(clients \[4\]\)"):
+        dm.setup()

@@ -40,6 +40,7 @@ def assert_same_as_sequential(executor, strategy, tmp_path):
     assert [[h.get(k) for k in keys] for h in seq_hist] == [[h.get(k) for k in keys] for h in other_hist]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", [FedAvg, lambda: FedCross(alpha=0.9)], ids=["fedavg", "fedcross"])
 def test_process_pool_equals_sequential(tmp_path, strategy):
     assert_same_as_sequential(ProcessPoolExecutor(num_workers=2, threads_per_worker=1), strategy, tmp_path)
@@ -56,6 +57,7 @@ class KillerDigits(Digits):
         return super().client_batches(cid, generator)
 
 
+@pytest.mark.slow
 def test_dead_worker_is_a_failed_client(tmp_path):
     seed_everything(0)
     dm = KillerDigits(num_clients=8, batch_size=32)
@@ -74,3 +76,55 @@ def test_bad_executor_arguments():
         ProcessPoolExecutor(num_workers=0)
     with pytest.raises(ValueError, match="start_method"):
         ProcessPoolExecutor(start_method="teleport")
+
+
+_ORPHAN_SCRIPT = """
+import sys, time
+from datamodules import Digits
+from flcore.executors import ProcessPoolExecutor
+from flcore.local import LocalRunner
+from flcore.messages import ClientTask
+from lightning_modules import ClientModule
+from lightning_modules.models import CNN
+
+dm = Digits(num_clients=4, batch_size=32)
+dm.setup()
+module = ClientModule(CNN(1, 10, 8))
+runner = LocalRunner(module, dm, {"max_epochs": 1}, seed=0)
+state = {k: v.clone() for k, v in module.net.state_dict().items()}
+executor = ProcessPoolExecutor(num_workers=2)
+executor.run(0, [ClientTask(cid=c, state=state, slot=c) for c in range(4)], runner)
+print(" ".join(str(p) for p in executor._pool._processes), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_workers_die_with_a_killed_parent():
+    """kill -9 of the trainer's process ends its pool workers too (no orphans of ~1 GB each)."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert len(workers) == 2 and all(_alive(p) for p in workers)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_alive(p) for p in workers)
+    finally:
+        proc.kill()

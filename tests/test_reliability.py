@@ -89,6 +89,7 @@ def uninterrupted(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,mode,n", KILL_POINTS, ids=[f"{s}-{m}{n}" for s, m, n in KILL_POINTS])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, strategy, mode, n):
     killed = _cli([*RUN, *STRATEGY[strategy]], tmp_path, prefix=("-c", KILLER, mode, str(n)))
@@ -100,9 +101,87 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, strat
     ref_rounds, ref_models, ref_curve = uninterrupted[strategy]
     assert rounds == ref_rounds == 4
     assert curve == ref_curve
+    assert _tensorboard_steps(tmp_path, "global/test_acc") == [1, 2, 3, 4]  # rounds redone are not logged twice
     assert len(models) == len(ref_models)
     for m, r in zip(models, ref_models):
         assert all(torch.equal(m[k], r[k]) for k in r)
+
+
+def _tensorboard_steps(log_dir, tag):
+    """The steps of ``tag`` as TensorBoard shows them (it drops events purged by a resume)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = sorted(Path(log_dir).glob("*/version_*"))[-1]
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
+def _digits_trainer(tmp_path, rounds, **kw):
+    seed_everything(0)
+    return FederatedTrainer(strategy=FedAvg(), rounds=rounds, clients_per_round=2, local={"max_epochs": 1},
+                            log_dir=str(tmp_path), name="r", **kw)
+
+
+def _digits_fit(trainer, ckpt_path=None):
+    return trainer.fit(ClientModule(CNN(1, 10, 8, channels=(4, 8), hidden=16)), Digits(num_clients=4), ckpt_path=ckpt_path)
+
+
+def test_resume_never_picks_an_older_run_or_rewrites_a_finished_one(tmp_path, monkeypatch):
+    _digits_fit(_digits_trainer(tmp_path, 2))  # version_0: finished
+    finished = (tmp_path / "r" / "version_0" / "results.json").read_text()
+    with pytest.raises(ConfigError, match=r"ckpt_path: .*version_0.* is a finished run \(2 rounds, trainer.rounds=2\)"):
+        _digits_fit(_digits_trainer(tmp_path, 2), ckpt_path="last")
+    # version_1 crashes in its first round, before any checkpoint
+    monkeypatch.setattr(FederatedTrainer, "_round", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
+    with pytest.raises(RuntimeError):
+        _digits_fit(_digits_trainer(tmp_path, 3))
+    monkeypatch.undo()
+    assert (tmp_path / "r" / "version_1").is_dir()
+    with pytest.raises(ConfigError, match=r"the newest run .*version_1 stopped before its first checkpoint"):
+        _digits_fit(_digits_trainer(tmp_path, 3), ckpt_path="last")
+    assert (tmp_path / "r" / "version_0" / "results.json").read_text() == finished  # never touched
+
+
+def test_corrupt_last_ckpt_falls_back_to_the_newest_intact_round(tmp_path):
+    trainer = _digits_trainer(tmp_path, 3, checkpoint_every=1, keep_checkpoints=0, max_time_s=None)
+    out = _digits_fit(trainer)
+    ckpts = tmp_path / "r" / "version_0" / "checkpoints"
+    run_id = load_checkpoint(ckpts / "last.ckpt")["run_id"]
+    (ckpts / "last.ckpt").write_bytes(b"PK truncated")
+    (ckpts / "round_00003.ckpt").write_bytes(b"also broken")
+    (ckpts / ".last.ckpt.x.tmp").write_bytes(b"left by a killed writer")
+    more = _digits_trainer(tmp_path, 4)
+    with pytest.warns(UserWarning, match=r"last.ckpt is not a readable flcore checkpoint .*resuming from round_00002.ckpt"):
+        _digits_fit(more, ckpt_path="last")
+    assert [h["round"] for h in more.history] == [1, 2, 3, 4] and out["run_dir"] == str(more.run_dir)
+    assert load_checkpoint(ckpts / "last.ckpt")["run_id"] == run_id == more.run_id  # the same run, continued
+    assert not list(ckpts.glob("*.tmp"))  # the stale temporary file is gone
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path):
+    _digits_fit(_digits_trainer(tmp_path, 2, checkpoint_every=1))
+    run = tmp_path / "r" / "version_0"
+    record = run / "results.json"
+    record.write_text(record.read_text().replace('"run_id": "', '"run_id": "other-'))
+    with pytest.raises(ConfigError, match="resume refuses to mix runs"):
+        _digits_fit(_digits_trainer(tmp_path, 3), ckpt_path="last")
+
+
+def test_checkpoint_interval_in_seconds(tmp_path, monkeypatch):
+    """``checkpoint_interval_s`` writes a checkpoint once that much wall time has passed since the
+    previous one, whatever ``checkpoint_every`` says."""
+    import itertools
+
+    clock = itertools.count(0, 100)  # every perf_counter call advances 100 s
+    monkeypatch.setattr("flcore.trainer.time.perf_counter", lambda: float(next(clock)))
+    trainer = _digits_trainer(tmp_path, 3, keep_checkpoints=0, checkpoint_interval_s=150.0)
+    _digits_fit(trainer)
+    names = sorted(p.name for p in (tmp_path / "r" / "version_0" / "checkpoints").glob("round_*.ckpt"))
+    assert names == ["round_00001.ckpt", "round_00002.ckpt", "round_00003.ckpt"]
+    trainer = _digits_trainer(tmp_path / "b", 3, keep_checkpoints=0, checkpoint_interval_s=None)
+    _digits_fit(trainer)
+    assert [p.name for p in (tmp_path / "b" / "r" / "version_0" / "checkpoints").glob("round_*.ckpt")] == ["round_00003.ckpt"]
 
 
 def test_atomic_write_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from flcore.local import LocalRunner
-from flcore.strategies.base import ClientFailure, ClientResult, ClientTask
+from flcore.messages import ClientFailure, ClientResult, ClientTask
 
 __all__ = ["Executor", "SequentialExecutor", "balanced_chunks"]
 
@@ -39,6 +39,11 @@ class Executor(ABC):
         A client that fails yields a :class:`ClientFailure` in its place; the executor never
         raises for one client's failure.
         """
+
+    def check(self) -> None:
+        """Check what can be checked before training (e.g. that a cluster is reachable); raise
+        ``ValueError`` naming the field. Called by the trainer before any run folder exists. The
+        base accepts everything."""
 
     def close(self) -> None:
         """Release workers (none for the sequential executor)."""

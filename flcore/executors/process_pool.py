@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor as _Pool
 from concurrent.futures.process import BrokenProcessPool
 
@@ -12,7 +15,7 @@ import torch
 
 from flcore.executors.base import Executor, balanced_chunks
 from flcore.local import LocalRunner
-from flcore.strategies.base import ClientFailure, ClientResult
+from flcore.messages import ClientFailure, ClientResult
 
 __all__ = ["ProcessPoolExecutor"]
 
@@ -28,9 +31,33 @@ def _init_worker(module_bytes: bytes, datamodule, trainer_kwargs, seed, callback
     train the same weights at once. The datamodule's tensors may be shared: they are only read.
     """
     global _WORKER
+    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and checkpoints
     torch.set_num_threads(threads)
     _WORKER = LocalRunner(pickle.loads(module_bytes), datamodule, trainer_kwargs, seed, callbacks)
+
+
+def _die_with_parent() -> None:
+    """End this worker when the process that started it ends, however it ended (``kill -9``
+    included), so that no worker (hundreds of MB each) outlives its run. On Linux the kernel
+    sends SIGKILL (``prctl(PR_SET_PDEATHSIG)``); elsewhere a daemon thread watches the parent
+    id once a second. A parent that died before this ran is caught by the id check."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="flcore-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # pragma: no cover - the parent died between fork and prctl
+        os._exit(1)
 
 
 def _fit_in_worker(blob: bytes, rnd: int) -> bytes:
@@ -50,7 +77,8 @@ class ProcessPoolExecutor(Executor):
     (:meth:`LocalRunner.fit_many`). Tasks and results cross as pickled bytes. Every local update draws its randomness from (run seed, round, client), so
     the results equal the sequential executor's bit for bit when both use the same number of
     torch threads per process. A worker that dies makes its clients fail for that round (the
-    trainer's ``on_client_failure`` policy applies) and the pool is rebuilt. CPU only: with a GPU
+    trainer's ``on_client_failure`` policy applies) and the pool is rebuilt. Workers end with the
+    trainer's process, whatever signal ended it (``kill -9`` included). CPU only: with a GPU
     use the sequential executor.
 
     Args:

@@ -1,0 +1,345 @@
+"""Checks that run before any training: each raises :class:`~flcore.errors.ConfigError` with one
+line that names the field and what is allowed.
+
+:func:`check_run` is the whole set for ``FederatedTrainer.fit``: the trainer's own fields, the
+data (set up here, so a missing file or an empty client is reported before a run folder exists),
+the strategy's hyper-parameters against the federation, the pairing of the strategy with the local
+objective (:func:`check_pairing`), the per-client Trainer settings, the network against the data's
+inputs and classes, and the heterogeneous-model setup.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import tempfile
+import typing
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import torch
+
+from flcore.errors import ConfigError
+from flcore.local import DEFAULT_LOCAL, quiet_lightning
+from flcore.strategies.base import HeterogeneousStrategy, Strategy
+from lightning_modules.client import ClientModule
+
+if TYPE_CHECKING:
+    from flcore.trainer import FederatedTrainer
+
+__all__ = ["check_run", "check_local", "check_log_dir", "check_optimizer", "check_pairing", "check_architectures", "check_net", "check_feature_shapes", "dotted_name"]
+
+
+def dotted_name(obj) -> str:
+    """``module.Class`` of an object (or of a class), as a config's ``class_path`` names it; the
+    public package path when the class is re-exported there (``flcore.strategies.Scaffold``)."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    module = cls.__module__
+    package = module.rsplit(".", 1)[0] if "." in module else module
+    try:
+        if getattr(importlib.import_module(package), cls.__name__, None) is cls:
+            return f"{package}.{cls.__name__}"
+    except ImportError:  # pragma: no cover - the class's own package is importable
+        pass
+    return f"{module}.{cls.__name__}"
+
+
+def _resolve(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def check_pairing(strategy: Strategy, model: L.LightningModule) -> None:
+    """Refuse a strategy and a local objective that do not make one method.
+
+    ``strategy.client_objective`` (e.g. SCAFFOLD's server needs ``ScaffoldModule``) and
+    ``model.server_strategies`` (e.g. ``ScaffoldModule`` needs ``Scaffold`` or
+    ``HeteroScaffold``) are both checked, by ``isinstance``, so subclasses count.
+
+    Raises:
+        ConfigError: ``trainer.strategy: ... needs model.class_path ...`` or
+            ``model.class_path: ... needs trainer.strategy.class_path ...``.
+    """
+    need = strategy.client_objective
+    if need is not None and not isinstance(model, _resolve(need)):
+        raise ConfigError(f"trainer.strategy: {dotted_name(strategy)} needs model.class_path {need} (or a subclass), "
+                          f"got model.class_path {dotted_name(model)}")
+    allowed = model.server_strategies if isinstance(model, ClientModule) else ()
+    if allowed and not any(isinstance(strategy, _resolve(s)) for s in allowed):
+        raise ConfigError(f"model.class_path: {dotted_name(model)} needs trainer.strategy.class_path "
+                          f"{' or '.join(allowed)}, got {dotted_name(strategy)}")
+
+
+#: ``trainer.local`` keys flcore sets itself: one Lightning epoch and step per client, no
+#: validation loop, flcore's own logging and checkpoints.
+_CONTROLLED = {
+    "logger": "flcore logs to TensorBoard itself (trainer.log_dir)",
+    "enable_checkpointing": "flcore checkpoints the federated state itself (trainer.checkpoint_every)",
+    "callbacks": "set trainer.callbacks instead",
+    **{key: "one Lightning epoch and step carry a client's local update; set the local epochs with trainer.local.max_epochs"
+       for key in ("min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches", "overfit_batches",
+                   "fast_dev_run", "reload_dataloaders_every_n_epochs", "use_distributed_sampler", "barebones")},
+    **{key: "local updates run no validation loop (the global model is evaluated by trainer.eval_every)"
+       for key in ("limit_val_batches", "val_check_interval", "check_val_every_n_epoch", "num_sanity_val_steps")},
+}
+
+
+def _available_accelerators() -> list[str]:
+    found = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        found += ["gpu", "cuda"]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        found += ["mps"]
+    return found
+
+
+def check_local(local: dict[str, Any]) -> None:
+    """``trainer.local`` (the per-client ``lightning.Trainer`` arguments), checked against
+    ``lightning.Trainer``'s signature and this machine before any training: known keys only, none
+    that flcore sets itself, one process on one device (parallel clients come from
+    ``trainer.executor``), an accelerator and a precision this machine has, accumulation >= 1,
+    clipping >= 0; then Lightning itself builds a Trainer from them.
+
+    Raises:
+        ConfigError: ``trainer.local.<key>: ...``, naming the allowed values.
+    """
+    known = [k for k in inspect.signature(L.Trainer.__init__).parameters if k != "self"]
+    for key in local:
+        if key not in known:
+            allowed = ", ".join(k for k in known if k not in _CONTROLLED)
+            raise ConfigError(f"trainer.local.{key}: not a lightning.Trainer argument; allowed: {allowed}")
+        if key in _CONTROLLED and local[key] is not None and local[key] != DEFAULT_LOCAL.get(key, None):
+            raise ConfigError(f"trainer.local.{key}: set by flcore ({_CONTROLLED[key]}), got {local[key]!r}")
+    devices = local.get("devices", 1)
+    one = devices in (1, "1") or (isinstance(devices, (list, tuple)) and len(devices) == 1)
+    if not one:
+        raise ConfigError(f"trainer.local.devices: each local update runs in one process on one device: 1 or a "
+                          f"one-element list like [0] (parallel clients: trainer.executor), got {devices!r}")
+    if local.get("num_nodes", 1) != 1:
+        raise ConfigError(f"trainer.local.num_nodes: must be 1 (parallel clients and machines: trainer.executor, "
+                          f"e.g. flcore.executors.RayExecutor), got {local['num_nodes']!r}")
+    strategy = local.get("strategy", "auto")
+    if strategy not in ("auto", "single_device"):
+        raise ConfigError(f"trainer.local.strategy: must be one of ['auto', 'single_device'] (one process per local "
+                          f"update; parallel clients: trainer.executor), got {strategy!r}")
+    accelerator = local.get("accelerator", "auto")
+    available = _available_accelerators()
+    if isinstance(accelerator, str) and accelerator not in available:
+        raise ConfigError(f"trainer.local.accelerator: {accelerator!r} is not available on this machine; "
+                          f"allowed here: {available}")
+    precision = local.get("precision", "32-true")
+    allowed_precision = list(typing.get_args(importlib.import_module("lightning.fabric.connector")._PRECISION_INPUT_STR))
+    allowed_precision = [p for p in allowed_precision if not p.startswith("transformer-engine")]
+    gpu = torch.cuda.is_available() and accelerator != "cpu"
+    if not gpu:
+        allowed_precision = [p for p in allowed_precision if not p.startswith("16")]
+    aliases = {"32": "32-true", 32: "32-true", "64": "64-true", 64: "64-true", "bf16": "bf16-mixed",
+               "16": "16-mixed", 16: "16-mixed"}
+    if aliases.get(precision, precision) not in allowed_precision:
+        why = "" if gpu else " (fp16 needs a GPU: Lightning would switch to bf16 on a CPU)"
+        raise ConfigError(f"trainer.local.precision: must be one of {allowed_precision} on this machine{why}, got {precision!r}")
+    accumulate = local.get("accumulate_grad_batches", 1)
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        raise ConfigError(f"trainer.local.accumulate_grad_batches: must be an integer >= 1, got {accumulate!r}")
+    clip = local.get("gradient_clip_val")
+    if clip is not None and (not isinstance(clip, (int, float)) or isinstance(clip, bool) or clip < 0):
+        raise ConfigError(f"trainer.local.gradient_clip_val: must be a number >= 0 or null, got {clip!r}")
+    algorithm = local.get("gradient_clip_algorithm", "norm")
+    if algorithm not in ("norm", "value"):
+        raise ConfigError(f"trainer.local.gradient_clip_algorithm: must be one of ['norm', 'value'], got {algorithm!r}")
+    kwargs = {k: v for k, v in {**DEFAULT_LOCAL, **local}.items()
+              if k not in ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")}
+    quiet_lightning()
+    try:  # whatever else Lightning refuses (profiler names, plugins, ...), before training
+        L.Trainer(**kwargs)
+    except Exception as err:  # Lightning raises several types; each is one bad setting
+        text = str(err).strip().splitlines()
+        raise ConfigError(f"trainer.local: lightning.Trainer refuses these settings: "
+                          f"{text[0][:200] if text else type(err).__name__}") from None
+
+
+def check_optimizer(model: L.LightningModule) -> None:
+    """Build the local optimizer once (as every client will), so that a bad hyper-parameter
+    (negative learning rate or momentum, ...) stops the run before training.
+
+    Raises:
+        ConfigError: ``model.optimizer: <the optimizer's message>``.
+    """
+    try:
+        model.configure_optimizers()
+    except (ValueError, TypeError) as err:
+        text = str(err).strip().splitlines()
+        raise ConfigError(f"model.optimizer: {text[0][:200] if text else type(err).__name__}") from None
+
+
+def _check_fields(trainer: FederatedTrainer) -> None:
+    for field, value, low in (("rounds", trainer.rounds, 1), ("eval_every", trainer.eval_every, 1),
+                              ("clients_per_round", trainer.clients_per_round, 1),
+                              ("checkpoint_every", trainer.checkpoint_every, 0),
+                              ("client_eval_every", trainer.client_eval_every, 0),
+                              ("client_test_size", trainer.client_test_size, 1),
+                              ("keep_checkpoints", trainer.keep_checkpoints, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"trainer.{field}: must be an integer >= {low}, got {value!r}")
+    if trainer.on_client_failure not in ("drop", "raise"):
+        raise ConfigError(f"trainer.on_client_failure: must be one of ['drop', 'raise'], got {trainer.on_client_failure!r}")
+    if trainer.checkpoint_interval_s is not None and not trainer.checkpoint_interval_s > 0:
+        raise ConfigError(f"trainer.checkpoint_interval_s: must be > 0 seconds or null, got {trainer.checkpoint_interval_s!r}")
+    if trainer.max_time_s is not None and not trainer.max_time_s > 0:
+        raise ConfigError(f"trainer.max_time_s: must be > 0 seconds or null, got {trainer.max_time_s!r}")
+    epochs = trainer.local.get("max_epochs", 5)
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ConfigError(f"trainer.local.max_epochs: local epochs must be an integer >= 1, got {epochs!r}")
+    check_local(trainer.local)
+
+
+def check_log_dir(log_dir: str) -> None:
+    """``log_dir`` exists (it is created) and takes files; no run folder is made here.
+
+    Raises:
+        ConfigError: ``trainer.log_dir: ... is not a writable folder (reason)``.
+    """
+    try:
+        os.makedirs(log_dir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=log_dir):
+            pass
+    except OSError as err:
+        raise ConfigError(f"trainer.log_dir: {log_dir} is not a writable folder ({err.strerror or err})") from None
+
+
+def check_run(trainer: FederatedTrainer, model: L.LightningModule, datamodule
+              ) -> tuple[dict[str, L.LightningModule] | None, list[str]]:
+    """Every check that can fail before training. Sets up ``datamodule``.
+
+    Returns:
+        ``(modules, client_arch)``: one LightningModule per architecture and each client's
+        architecture in heterogeneous-model runs; ``(None, [])`` otherwise.
+
+    Raises:
+        ConfigError: naming the field, before any run folder or checkpoint is written.
+    """
+    _check_fields(trainer)
+    check_log_dir(trainer.log_dir)
+    try:
+        datamodule.setup("fit")
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(str(err)) from None
+    n = datamodule.num_clients
+    if trainer.clients_per_round > n:
+        raise ConfigError(f"trainer.clients_per_round: must be in [1, data.num_clients={n}], got {trainer.clients_per_round}")
+    try:
+        trainer.strategy.validate(n, trainer.clients_per_round)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    check_pairing(trainer.strategy, model)
+    check_optimizer(model)
+    try:
+        model.check_local_config({**DEFAULT_LOCAL, **trainer.local})
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    check_net(model, datamodule)
+    try:
+        trainer.executor.check()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if trainer.architectures is not None or trainer.client_architectures is not None:
+        return check_architectures(trainer, model, datamodule)
+    if isinstance(trainer.strategy, HeterogeneousStrategy):
+        raise ConfigError(f"trainer.architectures: {type(trainer.strategy).__name__} is a heterogeneous-model strategy; "
+                          f"list the clients' architectures, e.g. [resnet10, resnet14, resnet18, resnet22, resnet26]")
+    return None, []
+
+
+def check_architectures(trainer: FederatedTrainer, model, datamodule) -> tuple[dict[str, L.LightningModule], list[str]]:
+    """Per-architecture modules and each client's architecture (FedIN paper, Sec. 3).
+
+    Raises:
+        ConfigError: a net that is no model family, unknown or missing names, a per-client list
+            of the wrong length, a strategy that is not a :class:`HeterogeneousStrategy`, or
+            (feature-exchanging strategies) feature shapes that differ between architectures.
+    """
+    names = list(trainer.architectures if trainer.architectures is not None
+                 else dict.fromkeys(trainer.client_architectures or []))
+    family = getattr(model.net, "ARCHITECTURES", None)
+    if family is None or not hasattr(model, "for_architecture"):
+        raise ConfigError(f"model.net: {type(model.net).__name__} is not a model family; trainer.architectures needs "
+                          f"one such as lightning_modules.models.HeteroResNet")
+    if not names:
+        raise ConfigError("trainer.architectures: must list at least one architecture")
+    for name in names:
+        if name not in family:
+            raise ConfigError(f"trainer.architectures: must be names from {list(family)}, got {name!r}")
+    n = datamodule.num_clients
+    if trainer.client_architectures is not None:
+        if len(trainer.client_architectures) != n:
+            raise ConfigError(f"trainer.client_architectures: must give one architecture per client "
+                              f"(data.num_clients={n}), got {len(trainer.client_architectures)}")
+        for name in trainer.client_architectures:
+            if name not in names:
+                raise ConfigError(f"trainer.client_architectures: must be names from {names}, got {name!r}")
+        client_arch = list(trainer.client_architectures)
+    else:
+        client_arch = [names[c % len(names)] for c in range(n)]
+    if not isinstance(trainer.strategy, HeterogeneousStrategy):
+        raise ConfigError(f"trainer.strategy: {type(trainer.strategy).__name__} aggregates one architecture; with "
+                          f"trainer.architectures use flcore.strategies.HeteroFedAvg or flcore.strategies.FedIN")
+    modules = {name: model.for_architecture(name) for name in names}
+    for module in modules.values():
+        check_net(module, datamodule)
+    if trainer.strategy.exchanges_features:
+        check_feature_shapes(modules, datamodule)
+    return modules, client_arch
+
+
+def check_feature_shapes(modules: dict[str, L.LightningModule], datamodule) -> None:
+    """FedIN exchanges (s_in, s_out) between architectures: their shapes must agree.
+
+    Raises:
+        ConfigError: a net without ``extractor`` / ``intermediate``, or differing shapes.
+    """
+    shapes = {}
+    for name, module in modules.items():
+        net = module.net
+        if not (hasattr(net, "extractor") and hasattr(net, "intermediate")):
+            raise ConfigError(f"model.net: FedIN needs extractor / intermediate / classifier sub-modules "
+                              f"(e.g. lightning_modules.models.HeteroResNet); {type(net).__name__} has none")
+        was = net.training
+        net.eval()
+        with torch.no_grad():
+            s_in = net.extractor(datamodule.x_test[:2])
+            shapes[name] = (tuple(s_in.shape[1:]), tuple(net.intermediate(s_in).shape[1:]))
+        net.train(was)
+    if len(set(shapes.values())) > 1:
+        detail = ", ".join(f"{a} s_in {i} s_out {o}" for a, (i, o) in shapes.items())
+        raise ConfigError(f"model.net: FedIN exchanges features, but their shapes differ between architectures: {detail}")
+
+
+def check_net(model: L.LightningModule, datamodule) -> None:
+    """The net takes the data's inputs (``(B, *input_shape)``) and returns ``(B, num_classes)``;
+    a net with BatchNorm needs mini-batches of at least 2.
+
+    Raises:
+        ConfigError: ``model.net`` (input shape), ``model.net.num_classes`` or ``data.batch_size``.
+    """
+    if datamodule.batch_size == 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ConfigError(f"data.batch_size: 1 cannot train the BatchNorm layers of model.net ({type(model.net).__name__}); "
+                          f"use a batch size >= 2")
+    x = datamodule.x_test[:2]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"model.net: cannot take the data's inputs of shape {tuple(x.shape[1:])} "
+            f"(set in_channels / image_size to match data): {str(err).splitlines()[0][:100]}"
+        ) from None
+    finally:
+        model.train(was_training)
+    if out.dim() != 2 or out.shape[1] != datamodule.num_classes:
+        raise ConfigError(
+            f"model.net.num_classes: must equal the data's {datamodule.num_classes} classes, "
+            f"net outputs shape {tuple(out.shape)}"
+        )
