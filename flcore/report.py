@@ -7,10 +7,13 @@ each group's figures are the mean ± standard deviation over its runs (seeds).
 
     flcore report runs/repro --out benchmarks/results/repro --target 0.6 0.7
 
-Columns: runs, final test accuracy, test accuracy at the best validation round, rounds to each
-target test accuracy (the first evaluated round at or above it; mean over the runs that reach it,
-with how many did), the standard deviation of the last ``--last`` evaluations' test accuracy
-(smoothness), megabytes sent (down + up) and wall time.
+Columns: runs, final test accuracy, the mean of the last ``--last`` evaluations' test accuracy
+(a final figure less sensitive to one round's luck), test accuracy at the best validation round,
+the papers' best test accuracy (the maximum over rounds, selected on the test set; only for runs
+made with ``trainer.report_best_test``), rounds to each target test accuracy (the first evaluated
+round at or above it; mean over the runs that reach it, with how many did), the standard
+deviation of the last ``--last`` evaluations' test accuracy (smoothness), megabytes sent (down +
+up) and wall time.
 """
 
 from __future__ import annotations
@@ -72,7 +75,11 @@ def summarize(runs: list[dict[str, Any]], targets: tuple[float, ...] = (), last:
         row: dict[str, Any] = {"group": group, "runs": len(members),
                                "rounds": min(r.get("rounds_completed", 0) for r in recs)}
         row["final_test_acc"] = _mean_std([(r.get("final") or {}).get("global/test_acc") for r in recs])
+        row["last_evals_mean"] = _mean_std([statistics.fmean([a for _, a in m["curve"][-last:]])
+                                            for m in members if m["curve"]])
         row["test_acc_at_best_val"] = _mean_std([r.get("test_acc_at_best_val") for r in recs])
+        row["best_test_acc_paper_protocol"] = _mean_std([(r.get("best_test_acc_paper_protocol") or {}).get("test_acc")
+                                                         for r in recs])
         row["last_evals_std"] = _mean_std([statistics.pstdev([a for _, a in m["curve"][-last:]])
                                            for m in members if len(m["curve"]) >= 2])
         for t in targets:
@@ -94,12 +101,14 @@ def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
 
 def markdown_table(rows: list[dict[str, Any]], targets: tuple[float, ...] = (), last: int = 5) -> str:
     """The summary as a Markdown table (accuracies in %)."""
-    head = ["run group", "runs", "rounds", "final test acc (%)", "test acc at best val (%)",
+    head = ["run group", "runs", "rounds", "final test acc (%)", f"mean of last {last} evals (%)",
+            "test acc at best val (%)", "best test acc, papers' protocol (%)",
             *[f"rounds to {100 * t:g} %" for t in targets], f"std of last {last} evals (pts)", "MB sent", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["group"], str(r["runs"]), str(r["rounds"]), _fmt(r["final_test_acc"], 100),
-                 _fmt(r["test_acc_at_best_val"], 100)]
+                 _fmt(r["last_evals_mean"], 100), _fmt(r["test_acc_at_best_val"], 100),
+                 _fmt(r["best_test_acc_paper_protocol"], 100)]
         for t in targets:
             mean, hit = r[f"rounds_to_{t:g}"]
             cells.append("never" if mean is None else f"{mean:.0f} ({hit}/{r['runs']})")

@@ -10,7 +10,7 @@ from tests.conftest import QUICKSTART
 from tests.test_executor import KillerDigits, assert_same_as_sequential
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 from flcore import FederatedTrainer  # noqa: E402
 from flcore.executors import RayExecutor  # noqa: E402

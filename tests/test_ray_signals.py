@@ -12,7 +12,7 @@ from lightning_modules.models import CNN
 from tests.test_executor import KillerDigits
 
 ray = pytest.importorskip("ray")
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 from flcore.executors import RayExecutor  # noqa: E402
 

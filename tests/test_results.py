@@ -136,8 +136,14 @@ def test_rounds_to_target_and_grouping():
     assert row["final_test_acc"][1] == pytest.approx(math.sqrt(0.02))
     assert row["rounds_to_0.7"] == (10, 1)
     assert "70.00 ± 14.14" in markdown_table([row], (0.7,))
+    # mean of the last evaluations: (0.4 + 0.6) / 2 and (0.6 + 0.8) / 2, then over the two runs
+    assert row["last_evals_mean"][0] == pytest.approx(0.6) and row["last_evals_mean"][1] == pytest.approx(math.sqrt(0.02))
+    assert math.isnan(row["best_test_acc_paper_protocol"][0])  # not recorded by these runs: "—"
+    runs[0]["record"]["best_test_acc_paper_protocol"] = {"round": 10, "test_acc": 0.65}
+    assert summarize(runs, (0.7,))[0]["best_test_acc_paper_protocol"] == (0.65, 0.0)
 
 
+@pytest.mark.slow
 def test_sweep_then_report_on_digits(tmp_path, capsys):
     """The acceptance run: a 2-method x 2-seed sweep on Digits, then the report."""
     from flcore.cli import main
