@@ -231,11 +231,14 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
 def test_resume_refuses_a_different_experiment_and_allows_more_rounds(run_cli, tmp_path):
     base = ["fit", "--config", QUICKSTART, "--trainer.rounds", "1", "--trainer.local.max_epochs", "1"]
     assert run_cli(*base)[0] == 0
-    code, _, err = run_cli(*base, "--trainer.strategy.init_args.alpha", "0.9", "--ckpt_path", "last")
+    code, _, err = run_cli(*base, "--ckpt_path", "last")  # nothing left to do: a finished run is never rewritten
+    assert code == 2 and "is a finished run (1 rounds, trainer.rounds=1)" in err
+    more = [*base, "--trainer.rounds", "2"]
+    code, _, err = run_cli(*more, "--trainer.strategy.init_args.alpha", "0.9", "--ckpt_path", "last")
     assert code == 2 and "trainer.strategy" in err and "refused" in err
-    code, _, err = run_cli(*base, "--seed_everything", "3", "--ckpt_path", "last")
+    code, _, err = run_cli(*more, "--seed_everything", "3", "--ckpt_path", "last")
     assert code == 2 and "seed_everything" in err
-    code, _, err = run_cli(*base, "--data.init_args.batch_size", "7", "--ckpt_path", "last")
+    code, _, err = run_cli(*more, "--data.init_args.batch_size", "7", "--ckpt_path", "last")
     assert code == 2 and "data" in err and "refused" in err
     code, out, err = run_cli("fit", "--config", QUICKSTART, "--trainer.rounds", "2", "--trainer.local.max_epochs", "1",
                              "--trainer.eval_every", "1", "--ckpt_path", "last")
