@@ -52,7 +52,7 @@ def load_run(run_dir: Path):
     parser.add_subclass_arguments(Strategy, "strategy", fail_untyped=False)
     cfg = parser.parse_object({"model": config["model"], "data": config["data"],
                                "strategy": config["trainer"]["strategy"]})
-    objs = parser.instantiate_classes(cfg)
+    objs = parser.instantiate(cfg)
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     state = objs.strategy.global_model(ckpt["strategy_state"])
     label = config["trainer"].get("name") or run_dir.parent.name

@@ -179,6 +179,7 @@ def _check_fields(trainer: FederatedTrainer) -> None:
                               ("checkpoint_every", trainer.checkpoint_every, 0),
                               ("client_eval_every", trainer.client_eval_every, 0),
                               ("client_test_size", trainer.client_test_size, 1),
+                              ("model_stats_every", trainer.model_stats_every, 0),
                               ("keep_checkpoints", trainer.keep_checkpoints, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"trainer.{field}: must be an integer >= {low}, got {value!r}")

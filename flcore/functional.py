@@ -32,6 +32,9 @@ __all__ = [
     "weighted_average",
     "mix",
     "cross_aggregate",
+    "gram_matrices",
+    "model_geometry",
+    "trained_keys",
     "in_order_partners",
     "dynamic_alpha",
     "similarity_matrix",
@@ -272,9 +275,29 @@ def similarity_matrix(
     k = len(states)
     if keys is None and mode == "authors":
         keys = list(states[0])
-    elif keys is None:
-        keys = [key for key, t in states[0].items()
-                if t.is_floating_point() and not key.endswith(("running_mean", "running_var"))]
+    grams = gram_matrices(states, keys, chunk_elems)
+    if mode == "model":
+        return _cosine_from_gram(sum(grams, torch.zeros(k, k, dtype=torch.float64)))
+    if mode == "layerwise":
+        return sum((_cosine_from_gram(g) for g in grams), torch.zeros(k, k, dtype=torch.float64))
+    pairs = [_cosine_from_gram(sum(grams[i : i + 2])) for i in range(0, len(grams), 2)]  # Gram of a concatenation
+    return sum(pairs, torch.zeros(k, k, dtype=torch.float64)) + (pairs[-1] if pairs else 0)
+
+
+def trained_keys(state: Mapping[str, Tensor]) -> list[str]:
+    """The trained weights of a state_dict: every floating-point entry except BatchNorm running
+    statistics (``running_mean`` / ``running_var``)."""
+    return [key for key, t in state.items() if t.is_floating_point() and not key.endswith(("running_mean", "running_var"))]
+
+
+def gram_matrices(states: Sequence[Mapping[str, Tensor]], keys: Sequence[str] | None = None,
+                  chunk_elems: int = 1 << 16) -> list[Tensor]:
+    """One ``(K, K)`` float64 Gram matrix ``G[i, j] = <s_i[key], s_j[key]>`` per key of ``keys``
+    (default :func:`trained_keys`), in one pass over the K models, ``chunk_elems`` columns at a
+    time (float32 blocks, float64 accumulation; see :func:`similarity_matrix`)."""
+    _check_same_keys(states)
+    k = len(states)
+    keys = trained_keys(states[0]) if keys is None else keys
     step = max(1, chunk_elems)
     grams = []
     for key in keys:
@@ -286,12 +309,27 @@ def similarity_matrix(
                 block = block.to(torch.float32)
             gram += (block @ block.T).to(torch.float64)
         grams.append(gram)
-    if mode == "model":
-        return _cosine_from_gram(sum(grams, torch.zeros(k, k, dtype=torch.float64)))
-    if mode == "layerwise":
-        return sum((_cosine_from_gram(g) for g in grams), torch.zeros(k, k, dtype=torch.float64))
-    pairs = [_cosine_from_gram(sum(grams[i : i + 2])) for i in range(0, len(grams), 2)]  # Gram of a concatenation
-    return sum(pairs, torch.zeros(k, k, dtype=torch.float64)) + (pairs[-1] if pairs else 0)
+    return grams
+
+
+def model_geometry(states: Sequence[Mapping[str, Tensor]], keys: Sequence[str] | None = None) -> dict[str, Tensor]:
+    """How K models sit relative to each other (the middleware models of FedCross / FedMR), from
+    one Gram matrix ``G`` over the trained weights (default :func:`trained_keys`):
+
+    * ``cosine``: ``(K, K)`` cosine similarities ``G_ij / sqrt(G_ii G_jj)``;
+    * ``distance``: ``(K, K)`` Euclidean distances ``sqrt(G_ii + G_jj - 2 G_ij)``;
+    * ``to_mean``: ``(K,)`` distance of each model to their mean,
+      ``sqrt(G_ii - (2/K) sum_j G_ij + (1/K^2) sum_jl G_jl)``.
+
+    All float64. Raises ``ValueError`` (via the key check) on models with different keys.
+    """
+    g = sum(gram_matrices(states, keys), torch.zeros(len(states), len(states), dtype=torch.float64))
+    diag = g.diagonal()
+    k = len(states)
+    distance = (diag[:, None] + diag[None, :] - 2 * g).clamp_min(0).sqrt()
+    distance.fill_diagonal_(0.0)
+    to_mean = (diag - 2.0 / k * g.sum(1) + g.sum() / k**2).clamp_min(0).sqrt()
+    return {"cosine": _cosine_from_gram(g), "distance": distance, "to_mean": to_mean}
 
 
 def _cosine_from_gram(gram: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from flcore.checks import check_architectures, check_run
 from flcore.checkpoint import load_checkpoint, load_resume_checkpoint, resolve_ckpt_path, save_checkpoint
 from flcore.errors import ClientFailureError, ConfigError, RunInterrupted
 from flcore.executors import Executor, SequentialExecutor
-from flcore.functional import state_bytes
+from flcore.functional import model_geometry, state_bytes, trained_keys
 from flcore.local import DEFAULT_LOCAL, LocalRunner
 from flcore.progress import RoundProgress
 from flcore.results import select_best, write_metrics_csv, write_results_json
@@ -31,6 +31,7 @@ from flcore.seeding import STREAM_SAMPLER, STREAM_STRATEGY, round_rng
 from flcore.messages import ClientFailure, ClientResult, ClientTask
 from flcore.strategies.base import Strategy
 from flcore.strategies.fedavg import FedAvg
+from flcore.strategies.multimodel import MultiModelStrategy
 
 __all__ = ["FederatedTrainer"]
 
@@ -53,6 +54,31 @@ def _client_states(ckpt: dict[str, Any]) -> dict[int, dict[str, Any]]:
         return dict(ckpt["client_states"])
     state = ckpt.get("strategy_state")
     return dict(state.pop("clients", {})) if isinstance(state, dict) else {}
+
+
+def _client_drift(tasks: list[ClientTask], results: list[ClientResult]) -> dict[str, float]:
+    """``analysis/client_drift_mean`` and ``_max``: ``||w_k - w_sent||`` over the trained weights."""
+    sent = {(t.cid, t.slot): t.state for t in tasks}
+    drifts = []
+    for r in results:
+        base = sent[(r.cid, r.slot)]
+        sq = sum(float((r.state[k].double() - base[k].double()).pow(2).sum()) for k in trained_keys(base))
+        drifts.append(math.sqrt(sq))
+    return {"analysis/client_drift_mean": float(np.mean(drifts)), "analysis/client_drift_max": float(np.max(drifts))} \
+        if drifts else {}
+
+
+def _middleware_stats(models: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Pairwise cosine / distance statistics of the K middleware models and their distances to
+    their mean (:func:`flcore.functional.model_geometry`)."""
+    geo = model_geometry(models)
+    k = len(models)
+    off = ~torch.eye(k, dtype=torch.bool)
+    cos, dist = geo["cosine"][off], geo["distance"][off]
+    return {"analysis/middleware_cos_min": float(cos.min()), "analysis/middleware_cos_mean": float(cos.mean()),
+            "analysis/middleware_dist_mean": float(dist.mean()), "analysis/middleware_dist_max": float(dist.max()),
+            "analysis/middleware_to_mean_mean": float(geo["to_mean"].mean()),
+            "analysis/middleware_to_mean_max": float(geo["to_mean"].max())} if k > 1 else {}
 
 
 def _payload_bytes(payload: dict[str, Any]) -> int:
@@ -111,6 +137,12 @@ class FederatedTrainer:
             clients), ``_min`` and a TensorBoard histogram ``clients/test_acc``. In
             heterogeneous runs each client uses its architecture's global model.
         client_test_size: test samples per client for vision datasets (>= 1).
+        model_stats_every: every this many rounds (0: never), log how the models move
+            (``analysis/...`` scalars): the clients' drift ``||w_k - w_sent||`` from the model each
+            was sent (``||w_k - w_global||`` for single-model strategies; mean and max), and for
+            FedCross / FedMR the middleware models' pairwise cosine similarity (min, mean) and
+            distance (mean, max) and their distances to their mean (mean, max), after aggregation
+            (:func:`flcore.functional.model_geometry`). Trained weights only.
         report_best_test: also report the highest test accuracy over the evaluated rounds, the
             papers' "best test accuracy" (selected on the test set, so optimistic), labelled as
             such in ``results.json`` and the summary. Model selection otherwise uses the
@@ -152,6 +184,7 @@ class FederatedTrainer:
         client_eval_every: int = 0,
         client_test_size: int = 100,
         report_best_test: bool = False,
+        model_stats_every: int = 0,
     ):
         self.strategy = strategy if strategy is not None else FedAvg()
         self.rounds = rounds
@@ -173,6 +206,7 @@ class FederatedTrainer:
         self._modules: dict[str, L.LightningModule] | None = None  # per architecture (heterogeneous runs)
         self._client_arch: list[str] = []
         self.report_best_test = bool(report_best_test)
+        self.model_stats_every = model_stats_every
         self.client_eval_every, self.client_test_size = client_eval_every, client_test_size
         self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
         self.history: list[dict[str, float]] = []
@@ -318,7 +352,11 @@ class FederatedTrainer:
             for r in results:
                 r.agg_weight = 1.0
         self.sampler.observe(tasks, results)  # before aggregation, which may reuse the results' tensors
+        stats_due = bool(self.model_stats_every) and (rnd + 1) % self.model_stats_every == 0
+        stats = _client_drift(tasks, results) if stats_due else {}
         state = self.strategy.aggregate_fit(rnd, results, state, rng)
+        if stats_due and isinstance(self.strategy, MultiModelStrategy):
+            stats.update(_middleware_stats(state["models"]))
         if any(r.client_state is not None for r in results):  # failed clients keep their old state
             kept = {**kept, **{r.cid: r.client_state for r in results if r.client_state is not None}}
         wall = time.perf_counter() - t0
@@ -329,6 +367,7 @@ class FederatedTrainer:
             "round/bytes_down": float(sum(state_bytes(t.state) + _payload_bytes(t.payload) for t in tasks)),
             "round/bytes_up": float(sum(state_bytes(r.state) + _payload_bytes(r.payload) for r in results)),
             "round/failed_clients": float(len(failures)),
+            **stats,
         }
         for key in ("train_loss", "train_acc"):
             vals = [r.metrics[key] for r in results if key in r.metrics]

@@ -111,3 +111,40 @@ def test_analyze_script_on_two_finished_runs(run_cli, tmp_path):
         assert entry["train_1d"]["alpha"] == [-1.0, 0.0, 1.0] and entry["top_eigenvalue"] > 0
     for png in ("landscape_1d.png", "landscape_2d.png", "interpolation.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_model_geometry_hand_computed():
+    from flcore.functional import model_geometry
+
+    states = [{"w": torch.tensor([1.0, 0.0]), "bn.running_mean": torch.tensor([9.0])},
+              {"w": torch.tensor([0.0, 2.0]), "bn.running_mean": torch.tensor([-9.0])},
+              {"w": torch.tensor([1.0, 2.0]), "bn.running_mean": torch.tensor([0.0])}]
+    geo = model_geometry(states)  # running statistics are not trained weights: left out
+    assert geo["cosine"][0, 1] == pytest.approx(0.0) and geo["cosine"][0, 2] == pytest.approx(1 / math.sqrt(5))
+    assert geo["distance"][0, 1] == pytest.approx(math.sqrt(5)) and geo["distance"][1, 2] == pytest.approx(1.0)
+    mean = torch.tensor([2 / 3, 4 / 3])
+    expected = [float((s["w"] - mean).norm()) for s in states]
+    assert geo["to_mean"].tolist() == pytest.approx(expected)
+    assert torch.all(geo["distance"].diagonal() == 0)
+
+
+def test_model_stats_are_logged_every_n_rounds(tmp_path):
+    from lightning import seed_everything
+
+    from datamodules import Digits
+    from flcore import FederatedTrainer
+    from flcore.strategies import FedAvg, FedCross
+    from lightning_modules import ClientModule
+
+    for strategy, middleware in ((FedCross(alpha=0.9), True), (FedAvg(), False)):
+        seed_everything(0)
+        trainer = FederatedTrainer(strategy=strategy, rounds=2, clients_per_round=3, local={"max_epochs": 1},
+                                   log_dir=str(tmp_path), model_stats_every=2)
+        trainer.fit(ClientModule(CNN(1, 10, 8, channels=(4, 8), hidden=16)), Digits(num_clients=4))
+        first, second = trainer.history
+        assert not any(k.startswith("analysis/") for k in first)
+        assert 0 < second["analysis/client_drift_mean"] <= second["analysis/client_drift_max"]
+        assert ("analysis/middleware_cos_mean" in second) == middleware
+        if middleware:  # alpha = 0.9 keeps the three models apart after cross-aggregation
+            assert -1 <= second["analysis/middleware_cos_min"] <= second["analysis/middleware_cos_mean"] < 1
+            assert 0 < second["analysis/middleware_to_mean_mean"] <= second["analysis/middleware_to_mean_max"]
