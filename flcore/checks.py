@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 
+from flcore.batchnorm import BN_POLICIES, bn_entries
 from flcore.errors import ConfigError
 from flcore.local import DEFAULT_LOCAL, quiet_lightning
 from flcore.strategies.base import HeterogeneousStrategy, Strategy
@@ -183,6 +184,8 @@ def _check_fields(trainer: FederatedTrainer) -> None:
                               ("keep_checkpoints", trainer.keep_checkpoints, 0)):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f"trainer.{field}: must be an integer >= {low}, got {value!r}")
+    if trainer.bn_policy not in BN_POLICIES:
+        raise ConfigError(f"trainer.bn_policy: must be one of {list(BN_POLICIES)}, got {trainer.bn_policy!r}")
     if trainer.on_client_failure not in ("drop", "raise"):
         raise ConfigError(f"trainer.on_client_failure: must be one of ['drop', 'raise'], got {trainer.on_client_failure!r}")
     if trainer.checkpoint_interval_s is not None and not trainer.checkpoint_interval_s > 0:
@@ -240,6 +243,9 @@ def check_run(trainer: FederatedTrainer, model: L.LightningModule, datamodule
     except ValueError as err:
         raise ConfigError(str(err)) from None
     check_net(model, datamodule)
+    if trainer.bn_policy != "average" and not bn_entries(model.net, trainer.bn_policy):
+        raise ConfigError(f"trainer.bn_policy: {trainer.bn_policy!r} keeps BatchNorm entries on the clients, but model.net "
+                          f"({type(model.net).__name__}) has no BatchNorm layers; use 'average'")
     try:
         trainer.executor.check()
     except ValueError as err:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from flcore.batchnorm import bn_entries
 from flcore.checks import check_architectures, check_run
 from flcore.checkpoint import load_checkpoint, load_resume_checkpoint, resolve_ckpt_path, save_checkpoint
 from flcore.errors import ClientFailureError, ConfigError, RunInterrupted
@@ -47,13 +48,15 @@ def client_accuracy_stats(accs: np.ndarray) -> dict[str, float]:
             "clients/test_acc_min": float(a[0]), "clients/test_acc_worst10": float(worst.mean())}
 
 
-def _client_states(ckpt: dict[str, Any]) -> dict[int, dict[str, Any]]:
-    """The client states of a checkpoint. Checkpoints written before client state became the
-    trainer's kept it inside the strategy state (``strategy_state["clients"]``): moved here."""
+def _client_states(ckpt: dict[str, Any]) -> dict[str, dict[int, Any]]:
+    """The client states of a checkpoint: ``{"module": {cid: state}, "bn": {cid: entries}}``.
+    Checkpoints written before client state became the trainer's kept it inside the strategy
+    state (``strategy_state["clients"]``): moved here."""
+    bn = dict(ckpt.get("client_bn", {}))
     if "client_states" in ckpt:
-        return dict(ckpt["client_states"])
+        return {"module": dict(ckpt["client_states"]), "bn": bn}
     state = ckpt.get("strategy_state")
-    return dict(state.pop("clients", {})) if isinstance(state, dict) else {}
+    return {"module": dict(state.pop("clients", {})) if isinstance(state, dict) else {}, "bn": bn}
 
 
 def _client_drift(tasks: list[ClientTask], results: list[ClientResult]) -> dict[str, float]:
@@ -137,6 +140,15 @@ class FederatedTrainer:
             clients), ``_min`` and a TensorBoard histogram ``clients/test_acc``. In
             heterogeneous runs each client uses its architecture's global model.
         client_test_size: test samples per client for vision datasets (>= 1).
+        bn_policy: what happens to BatchNorm entries. ``average`` (default): they are aggregated
+            like every other entry. ``local`` (FedBN, Li et al., ICLR 2021): each client keeps its
+            BN weight, bias and running statistics between its rounds (client state, kept and
+            checkpointed by the trainer) and trains with them instead of the server's.
+            ``local_stats``: the affine weight and bias are shared, the running statistics stay on
+            the client. Under both, the strategy still averages the clients' BN entries into the
+            global model, which is what ``global/test_acc`` evaluates; per-client evaluation
+            (``client_eval_every``) uses each client's own BN entries once it has them. Needs a
+            net with BatchNorm layers.
         model_stats_every: every this many rounds (0: never), log how the models move
             (``analysis/...`` scalars): the clients' drift ``||w_k - w_sent||`` from the model each
             was sent (``||w_k - w_global||`` for single-model strategies; mean and max), and for
@@ -185,6 +197,7 @@ class FederatedTrainer:
         client_test_size: int = 100,
         report_best_test: bool = False,
         model_stats_every: int = 0,
+        bn_policy: str = "average",
     ):
         self.strategy = strategy if strategy is not None else FedAvg()
         self.rounds = rounds
@@ -207,6 +220,8 @@ class FederatedTrainer:
         self._client_arch: list[str] = []
         self.report_best_test = bool(report_best_test)
         self.model_stats_every = model_stats_every
+        self.bn_policy = bn_policy
+        self._bn_keys: dict[str | None, list[str]] = {}  # per architecture, for bn_policy != average
         self.client_eval_every, self.client_test_size = client_eval_every, client_test_size
         self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
         self.history: list[dict[str, float]] = []
@@ -239,7 +254,8 @@ class FederatedTrainer:
         self._check(model, datamodule)
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         start, state, version = 0, None, None
-        kept: dict[int, dict[str, Any]] = {}  # client-resident state (ClientTask.client_state), by client id
+        # client-resident state, by client id: the objective's (ClientTask.client_state) and local BN entries
+        kept: dict[str, dict[int, Any]] = {"module": {}, "bn": {}}
         self.run_id = uuid.uuid4().hex[:12]
         if ckpt_path:
             path = resolve_ckpt_path(ckpt_path, Path(self.log_dir) / self.name)
@@ -251,6 +267,7 @@ class FederatedTrainer:
             self.history = list(ckpt.get("history", []))
             self._wall_before = float(ckpt.get("wall_time_s", 0.0))
         hetero = self._modules is not None
+        self._bn_keys = {arch: bn_entries(m.net, self.bn_policy) for arch, m in (self._modules or {None: model}).items()}
         runner = LocalRunner(self._modules if hetero else model, datamodule, self.local, seed, self.callbacks)
         if hetero:
             self.strategy.bind(self._client_arch)
@@ -295,7 +312,7 @@ class FederatedTrainer:
                                                                    out_of_time), rnd + 1
                     if self.client_eval_every and (completed % self.client_eval_every == 0 or completed == self.rounds
                                                    or out_of_time):
-                        accs = self._evaluate_clients(runner, state)
+                        accs = self._evaluate_clients(runner, state, kept["bn"])
                         metrics.update(client_accuracy_stats(accs))
                         logger.experiment.add_histogram("clients/test_acc", accs, global_step=completed)
                     self.history.append({"round": completed, **metrics})
@@ -329,8 +346,8 @@ class FederatedTrainer:
 
     def _round(self, rnd, state, kept, runner, datamodule, seed, force_eval=False):
         """One round: returns ``(strategy state, client states, metrics)``. The client states
-        (``kept``: client id -> ``ClientResult.client_state``) are a new dict, so the caller's
-        pair stays consistent for an interrupt checkpoint."""
+        (``kept``: ``{"module": {cid: ClientResult.client_state}, "bn": {cid: local BN entries}}``)
+        are new dicts, so the caller's pair stays consistent for an interrupt checkpoint."""
         t0 = time.perf_counter()
         clients = self.sampler.sample(rnd, datamodule.num_clients, self.clients_per_round,
                                       round_rng(seed, rnd, STREAM_SAMPLER))
@@ -338,7 +355,11 @@ class FederatedTrainer:
         tasks: list[ClientTask] = self.strategy.configure_fit(rnd, clients, state, rng)
         if any(m.keeps_client_state for m in runner.modules.values()):
             for task in tasks:
-                task.client_state = kept.get(task.cid)
+                task.client_state = kept["module"].get(task.cid)
+        if self.bn_policy != "average":
+            for task in tasks:  # the client trains with its own BN entries (a new dict: the server's stays)
+                if task.cid in kept["bn"]:
+                    task.state = {**task.state, **kept["bn"][task.cid]}
         outcomes = self.executor.run(rnd, tasks, runner)
         results: list[ClientResult] = [o for o in outcomes if isinstance(o, ClientResult)]
         failures = [o for o in outcomes if isinstance(o, ClientFailure)]
@@ -354,11 +375,14 @@ class FederatedTrainer:
         self.sampler.observe(tasks, results)  # before aggregation, which may reuse the results' tensors
         stats_due = bool(self.model_stats_every) and (rnd + 1) % self.model_stats_every == 0
         stats = _client_drift(tasks, results) if stats_due else {}
+        local_bn = {r.cid: {k: r.state[k].clone() for k in self._bn_keys.get(self._arch_of(r.cid), [])}
+                    for r in results} if self.bn_policy != "average" else {}  # before aggregation reuses them
         state = self.strategy.aggregate_fit(rnd, results, state, rng)
         if stats_due and isinstance(self.strategy, MultiModelStrategy):
             stats.update(_middleware_stats(state["models"]))
-        if any(r.client_state is not None for r in results):  # failed clients keep their old state
-            kept = {**kept, **{r.cid: r.client_state for r in results if r.client_state is not None}}
+        if any(r.client_state is not None for r in results) or local_bn:  # failed clients keep their old state
+            kept = {"module": {**kept["module"], **{r.cid: r.client_state for r in results if r.client_state is not None}},
+                    "bn": {**kept["bn"], **local_bn}}
         wall = time.perf_counter() - t0
         epochs = runner.trainer.max_epochs
         metrics: dict[str, float] = {
@@ -398,15 +422,25 @@ class FederatedTrainer:
                     out[f"global/{key}"] = sum(vals) / len(vals)
         return out
 
-    def _evaluate_clients(self, runner: LocalRunner, state) -> np.ndarray:
+    def _arch_of(self, cid: int) -> str | None:
+        return self._client_arch[cid] if self._modules is not None else None
+
+    def _evaluate_clients(self, runner: LocalRunner, state, local_bn: dict[int, dict] | None = None) -> np.ndarray:
         """``(num_clients,)`` accuracies of the global model(s) on each client's local test data
-        (NaN for a client without test data)."""
+        (NaN for a client without test data); a client with local BN entries (``bn_policy``) is
+        evaluated with them."""
         sets = runner.datamodule.client_test_sets(self.client_test_size)
         models = ({None: self.strategy.global_model(state)} if self._modules is None
                   else self.strategy.global_models(state))
         accs = np.full(len(sets), np.nan)
+        local_bn = local_bn or {}
+        for c, entries in local_bn.items():
+            if len(sets[c]):
+                own = {**models[self._arch_of(c)], **entries}
+                accs[c] = float(runner.sample_correct(own, sets[c], arch=self._arch_of(c)).float().mean())
         for arch, arch_state in models.items():
-            clients = [c for c in range(len(sets)) if arch is None or self._client_arch[c] == arch]
+            clients = [c for c in range(len(sets)) if (arch is None or self._client_arch[c] == arch)
+                       and c not in local_bn]
             union, inverse = np.unique(np.concatenate([sets[c] for c in clients] or [np.zeros(0, np.int64)]),
                                        return_inverse=True)
             correct = runner.sample_correct(arch_state, union, arch=arch).numpy()[inverse]
@@ -516,7 +550,8 @@ class FederatedTrainer:
             "round": completed_rounds,
             "run_id": self.run_id,
             "strategy_state": state,
-            "client_states": kept,
+            "client_states": kept["module"],
+            "client_bn": kept["bn"],
             "sampler": self.sampler.state_dict(),
             "history": self.history,
             "partition_checksum": datamodule.partition_checksum(),

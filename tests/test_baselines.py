@@ -204,8 +204,10 @@ def test_old_checkpoints_client_states_move_to_the_trainer(tmp_path):
     save_checkpoint(old, tmp_path / "round_00003.ckpt")
     back = load_checkpoint(tmp_path / "last.ckpt")
     states = _client_states(back)
-    assert torch.equal(states[2]["c_i"]["w"], torch.ones(2)) and "clients" not in back["strategy_state"]
-    assert _client_states({"client_states": {1: {"prev": {}}}, "strategy_state": {}}) == {1: {"prev": {}}}
+    assert torch.equal(states["module"][2]["c_i"]["w"], torch.ones(2)) and "clients" not in back["strategy_state"]
+    assert states["bn"] == {}
+    assert _client_states({"client_states": {1: {"prev": {}}}, "strategy_state": {}}) == {"module": {1: {"prev": {}}},
+                                                                                        "bn": {}}
 
 
 # ---------------------------------------------------------------- end to end
