@@ -516,7 +516,8 @@ class FederatedTrainer:
         return {"seed_everything": cfg.get("seed_everything"), "model": cfg.get("model"), "data": data,
                 "trainer.strategy": trainer.get("strategy"), "trainer.clients_per_round": trainer.get("clients_per_round"),
                 "trainer.local": trainer.get("local"), "trainer.architectures": trainer.get("architectures"),
-                "trainer.client_architectures": trainer.get("client_architectures")}
+                "trainer.client_architectures": trainer.get("client_architectures"),
+                "trainer.bn_policy": trainer.get("bn_policy", "average")}
 
     def _check_resume(self, ckpt, datamodule, path: Path) -> None:
         """Refuse a resume that would rewrite a finished run, mix runs, or change the experiment."""
@@ -540,7 +541,8 @@ class FederatedTrainer:
         if old is None or self.run_config is None:
             return
         new = self._experiment_fields()
-        differ = sorted(k for k in new if new[k] != old.get(k))
+        # a field an older checkpoint does not record had its default then (new fields are added with one)
+        differ = sorted(k for k in new if k in old and new[k] != old[k])
         if differ:
             raise ConfigError(f"ckpt_path: resuming with a different experiment is refused; fields differ: {', '.join(differ)}")
 
