@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from flcore.errors import ConfigError
+from flcore.errors import ConfigError, first_line
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_resume_checkpoint", "resolve_ckpt_path", "newest_version"]
 
@@ -127,7 +127,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise ConfigError(f"ckpt_path: no such file: {path}") from None
     except Exception as err:  # truncated zip, bad pickle, disallowed global, ...
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        reason = first_line(err, 120)
         raise ConfigError(f"ckpt_path: {path} is not a readable flcore checkpoint ({reason})") from None
     if not isinstance(payload, dict) or "strategy_state" not in payload:
         raise ConfigError(f"ckpt_path: {path} is not an flcore checkpoint (no strategy_state)")

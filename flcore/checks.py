@@ -21,7 +21,7 @@ import lightning as L
 import torch
 
 from flcore.batchnorm import BN_POLICIES, bn_entries
-from flcore.errors import ConfigError
+from flcore.errors import ConfigError, first_line
 from flcore.local import DEFAULT_LOCAL, quiet_lightning
 from flcore.strategies.base import HeterogeneousStrategy, Strategy
 from lightning_modules.client import ClientModule
@@ -155,9 +155,7 @@ def check_local(local: dict[str, Any]) -> None:
     try:  # whatever else Lightning refuses (profiler names, plugins, ...), before training
         L.Trainer(**kwargs)
     except Exception as err:  # Lightning raises several types; each is one bad setting
-        text = str(err).strip().splitlines()
-        raise ConfigError(f"trainer.local: lightning.Trainer refuses these settings: "
-                          f"{text[0][:200] if text else type(err).__name__}") from None
+        raise ConfigError(f"trainer.local: lightning.Trainer refuses these settings: {first_line(err)}") from None
 
 
 def check_optimizer(model: L.LightningModule) -> None:
@@ -170,8 +168,7 @@ def check_optimizer(model: L.LightningModule) -> None:
     try:
         model.configure_optimizers()
     except (ValueError, TypeError) as err:
-        text = str(err).strip().splitlines()
-        raise ConfigError(f"model.optimizer: {text[0][:200] if text else type(err).__name__}") from None
+        raise ConfigError(f"model.optimizer: {first_line(err)}") from None
 
 
 def _check_fields(trainer: FederatedTrainer) -> None:

@@ -1,6 +1,13 @@
 """Errors shown to the user as one line, before any training."""
 
-__all__ = ["ConfigError", "ClientFailureError", "RunInterrupted"]
+__all__ = ["ConfigError", "ClientFailureError", "RunInterrupted", "first_line"]
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``err``'s message (at most ``limit`` characters), or its type
+    name when the message is empty: how a library's multi-line error enters a one-line message."""
+    text = str(err).strip().splitlines()
+    return text[0][:limit] if text else type(err).__name__
 
 
 class ConfigError(ValueError):
