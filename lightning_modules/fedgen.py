@@ -41,7 +41,7 @@ class FedGenModule(ClientModule):
         ValueError: a net without a feature/classifier split; negative alpha, beta; decay not in (0, 1].
     """
 
-    server_strategies = ("flcore.strategies.FedGen",)  # the generator comes from its server
+    server_strategies = ("flcore.strategies.FedGen", "flcore.strategies.HeteroFedGen")  # the generator comes from its server
 
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False,
                  generative_alpha: float = 10.0, generative_beta: float = 10.0, decay: float = 0.98,

@@ -1,5 +1,8 @@
 """Heterogeneous-model baselines: InclusiveFL (and HeteroFL / FedRolex when present)."""
 
+import re
+
+import numpy as np
 import pytest
 import torch
 
@@ -230,3 +233,107 @@ def test_scaffold_and_fednova_objectives_run_on_mixed_architectures(tmp_path):
                                    log_dir=str(tmp_path), name=name, architectures=["resnet10", "resnet14"])
         trainer.fit(module(HeteroResNet("resnet10", 1, 10, 4, "cifar")), Digits(num_clients=6, batch_size=16))
         assert trainer.history[-1]["round/failed_clients"] == 0 and "global/test_acc/resnet14" in trainer.history[-1]
+
+
+# ----------------------------------------------------------------------------- InCo Aggregation
+from flcore.strategies import HeteroFedGen, InCo  # noqa: E402
+from flcore.strategies.inco import cross_layer_update, inco_reference_key  # noqa: E402
+
+from tests.conftest import ROOT  # noqa: E402
+
+HETERO_DIGITS = f"{ROOT}/configs/hetero_digits.yaml"
+
+
+def test_inco_cross_layer_update_hand_computed():
+    g0 = torch.tensor([[0.03, 0.0], [0.0, 0.04]]).reshape(1, 1, 2, 2)  # |g0| = 0.05
+    g = torch.tensor([[0.03, 0.0], [0.0, -0.04]]).reshape(1, 1, 2, 2)  # |g| = 0.05, <g0, g> = -0.0007
+    # sigma = |-0.0007| / 0.0025 = 0.28; g' = (g / 0.05 + 0.28 g0 / 0.05) * 0.05 = g + 0.28 g0
+    want = torch.tensor([[0.0384, 0.0], [0.0, -0.0288]]).reshape(1, 1, 2, 2)
+    assert torch.allclose(cross_layer_update(g, g0), want, atol=1e-6)
+
+
+def test_inco_cross_layer_update_bounds_sigma_and_clips_per_kernel():
+    g0 = torch.zeros(2, 1, 1, 2)
+    g0[0, 0, 0] = torch.tensor([0.01, 0.0])    # kernel 0: tiny shallow update along g -> sigma = 4 / 0.01 -> 5
+    g0[1, 0, 0] = torch.tensor([0.0, 1.0])     # kernel 1: orthogonal -> sigma = 0
+    g = torch.zeros(2, 1, 1, 2)
+    g[0, 0, 0] = torch.tensor([0.04, 0.0])
+    g[1, 0, 0] = torch.tensor([0.06, 0.0])
+    out = cross_layer_update(g, g0)
+    # kernel 0: (e1 + 5 e1) * (0.04 + 0.01) / 2 = 0.15 e1 -> clipped to 0.1
+    assert torch.allclose(out[0, 0, 0], torch.tensor([0.1, 0.0]))
+    # kernel 1: (e1 + 0) * (0.06 + 1) / 2 = 0.53 e1 -> clipped to 0.1; no mixing of the orthogonal g0
+    assert torch.allclose(out[1, 0, 0], torch.tensor([0.1, 0.0]))
+    assert torch.allclose(cross_layer_update(g, g0, clamp_max=5, clip=1.0)[1, 0, 0], torch.tensor([0.53, 0.0]))
+    with pytest.raises(ValueError, match="4-D updates of one shape"):
+        cross_layer_update(g, torch.zeros(2, 1, 2, 2))
+
+
+def test_inco_reference_layers_of_the_family():
+    from lightning_modules.models import HeteroResNet
+
+    state = HeteroResNet("resnet26", 1, 10, width=4, stem="cifar").state_dict()
+    pairs = {k: inco_reference_key(k, state) for k in state}
+    mixed = {k: r for k, r in pairs.items() if r}
+    assert mixed["intermediate.layer3.2.conv1.weight"] == "intermediate.layer3.0.conv2.weight"
+    assert mixed["intermediate.layer1.1.conv2.weight"] == "intermediate.layer1.0.conv2.weight"
+    assert len(mixed) == 4 * 2 * 2  # 4 stages x blocks 1, 2 x two convolutions
+    assert all(state[k].shape == state[r].shape for k, r in mixed.items())
+    assert not any(".0." in k.split("layer")[1][:3] or "bn" in k or "shortcut" in k for k in mixed)
+
+
+def test_inco_aggregation_hand_computed():
+    s = InCo()
+    s.bind(["small", "large"])
+    z = torch.zeros(1, 1, 2, 2)
+    init = {"small": {"f.layer1.0.conv2.weight": z, "f.layer1.0.bn2.num_batches_tracked": torch.tensor(0)},
+            "large": {"f.layer1.0.conv2.weight": z, "f.layer1.0.bn2.num_batches_tracked": torch.tensor(0),
+                      "f.layer1.1.conv1.weight": z, "f.layer1.1.bn1.weight": torch.ones(1)}}
+    state = s.initialize(init, 2)
+    g0 = torch.tensor([[0.03, 0.0], [0.0, 0.04]]).reshape(1, 1, 2, 2)
+    g = torch.tensor([[0.03, 0.0], [0.0, -0.04]]).reshape(1, 1, 2, 2)
+    results = [ClientResult(0, 0, {"f.layer1.0.conv2.weight": 2 * g0, "f.layer1.0.bn2.num_batches_tracked": torch.tensor(4)}, 10),
+               ClientResult(1, 1, {"f.layer1.0.conv2.weight": torch.zeros_like(g0),
+                                   "f.layer1.0.bn2.num_batches_tracked": torch.tensor(8),
+                                   "f.layer1.1.conv1.weight": g, "f.layer1.1.bn1.weight": torch.tensor([3.0])}, 1)]
+    new = s.aggregate_fit(0, results, state, None)["global"]
+    assert torch.allclose(new["f.layer1.0.conv2.weight"], g0)  # unweighted mean of (2 g0, 0), not sample-weighted
+    assert torch.allclose(new["f.layer1.1.conv1.weight"], g + 0.28 * g0, atol=1e-6)  # mixed with the block-0 update
+    assert new["f.layer1.1.bn1.weight"].item() == 3.0  # BN entries are averaged, never mixed
+    assert new["f.layer1.0.bn2.num_batches_tracked"].item() == 6
+    with pytest.raises(ValueError, match="strategy.clip"):
+        InCo(clip=0)
+
+
+# ----------------------------------------------------------------------------- FedGen on a model family
+def test_hetero_fedgen_trains_one_generator_on_every_architectures_head():
+    from lightning_modules.models import HeteroResNet
+
+    s = HeteroFedGen(generator_steps=3)
+    s.bind(["resnet10", "resnet26"])
+    init = {a: HeteroResNet(a, 1, 10, width=4, stem="cifar").state_dict() for a in ("resnet10", "resnet26")}
+    state = s.initialize(init, 2)
+    assert not state["generator_trained"] and s.configure_fit(0, [0, 1], state, None)[1].payload == {}
+    counts = [torch.tensor([5] + [0] * 9), torch.tensor([0] * 9 + [5])]
+    results = [ClientResult(c, c, {k: v.clone() for k, v in init[a].items()}, 5, payload={"label_counts": counts[c]})
+               for c, a in enumerate(("resnet10", "resnet26"))]
+    new = s.aggregate_fit(0, results, state, np.random.default_rng(0))
+    assert new["generator_trained"]
+    assert any(not torch.equal(v, state["generator"][k]) for k, v in new["generator"].items())
+    tasks = s.configure_fit(1, [0, 1], new, None)
+    assert [t.arch for t in tasks] == ["resnet10", "resnet26"]
+    assert all(t.payload["generator"] is new["generator"] and t.payload["round"] == 1 for t in tasks)
+    assert "intermediate.layer4.2.conv1.weight" in tasks[1].state and "intermediate.layer4.2.conv1.weight" not in tasks[0].state
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [
+    ["--trainer.strategy", "flcore.strategies.InCo"],
+    ["--trainer.strategy", "flcore.strategies.HeteroFedGen", "--model.class_path", "lightning_modules.FedGenModule"],
+])
+def test_new_hetero_baselines_cli_two_rounds_on_digits(run_cli, args):
+    code, out, err = run_cli("fit", "--config", HETERO_DIGITS, "--trainer.rounds", "2", "--trainer.eval_every", "1",
+                             "--trainer.local.max_epochs", "1", "--model.init_args.net.init_args.width", "4", *args)
+    assert code == 0, err
+    acc = float(re.search(r"final test_acc ([0-9.]+)", out).group(1))
+    assert 0 < acc <= 1

@@ -55,6 +55,8 @@ CASES = {
     "HeteroFedNova": (lambda: FedNovaModule(_family()), DEPTHS),
     "FedIN": (lambda: FedINModule(_family()), DEPTHS),
     "InclusiveFL": (lambda: ClientModule(_family()), DEPTHS),
+    "InCo": (lambda: ClientModule(_family()), DEPTHS),
+    "HeteroFedGen": (lambda: FedGenModule(_family()), DEPTHS),
     "HeteroFL": (lambda: ClientModule(_widths()), WIDTHS),
     "FedRolex": (lambda: ClientModule(_widths()), WIDTHS),
 }

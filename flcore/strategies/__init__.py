@@ -9,14 +9,16 @@ from flcore.strategies.fedmr import FedMR
 from flcore.strategies.fednova import FedNova
 from flcore.strategies.fedrolex import FedRolex
 from flcore.strategies.hetero_fedavg import HeteroFedAvg
+from flcore.strategies.hetero_fedgen import HeteroFedGen
 from flcore.strategies.hetero_fednova import HeteroFedNova
 from flcore.strategies.hetero_scaffold import HeteroScaffold
 from flcore.strategies.heterofl import HeteroFL
 from flcore.strategies.inclusivefl import InclusiveFL
+from flcore.strategies.inco import InCo
 from flcore.strategies.fedprox import FedProx
 from flcore.strategies.moon import Moon
 from flcore.strategies.scaffold import Scaffold
 from flcore.strategies.multimodel import MultiModelStrategy
 
-__all__ = ["HeteroFedNova", "HeteroScaffold", "HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
+__all__ = ["HeteroFedGen", "InCo", "HeteroFedNova", "HeteroScaffold", "HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
            "FedProx", "Scaffold", "FedNova", "Moon", "FedGen"]

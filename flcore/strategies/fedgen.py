@@ -15,7 +15,7 @@ from flcore.strategies.base import ClientTask
 from flcore.strategies.fedavg import FedAvg
 from lightning_modules.models.generator import FeatureGenerator, diversity_loss
 
-__all__ = ["FedGen", "teacher_weights", "classifier_keys"]
+__all__ = ["FedGen", "GeneratorServer", "teacher_weights", "classifier_keys"]
 
 
 def classifier_keys(state: StateDict) -> tuple[str, str | None]:
@@ -34,17 +34,17 @@ def teacher_weights(label_counts: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, counts / total.clamp_min(1), torch.zeros_like(counts))
 
 
-class FedGen(FedAvg):
-    """Server half of FedGen; pair with ``model: lightning_modules.FedGenModule``.
+class GeneratorServer:
+    """FedGen's server-side generator (Zhu, Hong & Zhou, ICML 2021, Algorithm 1), shared by
+    :class:`FedGen` (homogeneous clients) and ``HeteroFedGen`` (a model family).
 
-    After FedAvg aggregation the server trains the generator ``G`` for ``generator_steps`` Adam
-    steps on batches of labels drawn from those the round's clients hold:
+    After the round's aggregation the server trains the generator ``G`` for ``generator_steps``
+    Adam steps on batches of labels drawn from those the round's clients hold:
     ``min_G sum_k mean_b w[k, y_b] CE(h_k(G(eps_b, y_b)), y_b) + diversity_weight * L_div``
     (Algorithm 1's ensemble-knowledge objective with the reference code's label weights and
-    diversity loss), where ``h_k`` is client k's uploaded classifier head. The generator goes down
-    to the clients with the global model (counted in ``round/bytes_down``).
-
-    State: ``{"global", "generator", "generator_opt", "generator_trained"}``.
+    diversity loss), where ``h_k`` is client k's uploaded classifier head ``(C, D)`` (every client
+    needs one head shape; a model family shares its classifier). The generator goes down to the
+    clients with the model (counted in ``round/bytes_down``).
 
     Args:
         noise_dim, hidden: generator sizes (must match the client module's).
@@ -59,8 +59,8 @@ class FedGen(FedAvg):
 
     client_objective = "lightning_modules.FedGenModule"
 
-    def __init__(self, noise_dim: int = 32, hidden: int = 256, generator_lr: float = 3e-4, generator_steps: int = 5,
-                 generator_batch: int = 32, diversity_weight: float = 1.0):
+    def _set_generator_args(self, noise_dim: int, hidden: int, generator_lr: float, generator_steps: int,
+                            generator_batch: int, diversity_weight: float) -> None:
         for name, v in (("noise_dim", noise_dim), ("hidden", hidden), ("generator_lr", generator_lr),
                         ("generator_steps", generator_steps), ("generator_batch", generator_batch)):
             if not v > 0:
@@ -79,28 +79,31 @@ class FedGen(FedAvg):
     def _optimizer(self, gen: FeatureGenerator) -> torch.optim.Optimizer:
         return torch.optim.Adam(gen.parameters(), lr=self.generator_lr, weight_decay=1e-2)
 
-    def initialize(self, model_state, clients_per_round, num_clients=0):
+    def initial_generator(self, model_state: StateDict) -> dict[str, Any]:
+        """The generator's part of the round-0 state, sized from one client model's head."""
         gen = self._generator(model_state)
-        return {**super().initialize(model_state, clients_per_round), "generator": gen.state_dict(),
-                "generator_opt": self._optimizer(gen).state_dict(), "generator_trained": False}
+        return {"generator": gen.state_dict(), "generator_opt": self._optimizer(gen).state_dict(),
+                "generator_trained": False}
 
-    def configure_fit(self, rnd, clients, state, rng):
-        payload = {"round": rnd, "generator": state["generator"]} if state["generator_trained"] else {}
-        return [ClientTask(cid=c, state=state["global"], slot=i, payload=payload) for i, c in enumerate(clients)]
+    @staticmethod
+    def generator_payload(rnd: int, state: dict[str, Any]) -> dict[str, Any]:
+        """What a client receives besides its model: the generator, once it has been trained."""
+        return {"round": rnd, "generator": state["generator"]} if state["generator_trained"] else {}
 
-    def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:
-        new = super().aggregate_fit(rnd, results, state, rng)
+    def updated_generator(self, results, state: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """The generator's part of the new state after the round's generator updates (unchanged
+        when no client uploaded label counts). Does not mutate ``state``."""
         uploads = [r for r in results if "label_counts" in r.payload]
         if not uploads:
-            return new
-        gen = self._generator(state["global"])
+            return {}
+        gen = self._generator(uploads[0].state)
         gen.load_state_dict(state["generator"])
         opt = self._optimizer(gen)
         # Optimizer.load_state_dict keeps the given moment tensors (no copy) and Adam updates them in
         # place: copy them, so the previous state stays intact for an interrupt checkpoint
         opt.load_state_dict(copy.deepcopy(state["generator_opt"]))
         self.train_generator(gen, opt, uploads, rng)
-        return {**new, "generator": {k: v.detach().clone() for k, v in gen.state_dict().items()},
+        return {"generator": {k: v.detach().clone() for k, v in gen.state_dict().items()},
                 "generator_opt": opt.state_dict(), "generator_trained": True}
 
     def train_generator(self, gen, opt, uploads, rng: np.random.Generator) -> list[float]:
@@ -123,3 +126,26 @@ class FedGen(FedAvg):
             opt.step()
             losses.append(float(loss.detach()))
         return losses
+
+
+class FedGen(GeneratorServer, FedAvg):
+    """Server half of FedGen on homogeneous clients: FedAvg, then the generator updates of
+    :class:`GeneratorServer`; pair with ``model: lightning_modules.FedGenModule``.
+
+    State: ``{"global", "generator", "generator_opt", "generator_trained"}``. Arguments and errors
+    as :class:`GeneratorServer`.
+    """
+
+    def __init__(self, noise_dim: int = 32, hidden: int = 256, generator_lr: float = 3e-4, generator_steps: int = 5,
+                 generator_batch: int = 32, diversity_weight: float = 1.0):
+        self._set_generator_args(noise_dim, hidden, generator_lr, generator_steps, generator_batch, diversity_weight)
+
+    def initialize(self, model_state, clients_per_round, num_clients=0):
+        return {**super().initialize(model_state, clients_per_round), **self.initial_generator(model_state)}
+
+    def configure_fit(self, rnd, clients, state, rng):
+        payload = self.generator_payload(rnd, state)
+        return [ClientTask(cid=c, state=state["global"], slot=i, payload=payload) for i, c in enumerate(clients)]
+
+    def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:
+        return {**super().aggregate_fit(rnd, results, state, rng), **self.updated_generator(results, state, rng)}
