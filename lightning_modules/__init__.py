@@ -7,5 +7,6 @@ from lightning_modules.fednova import FedNovaModule
 from lightning_modules.fedprox import FedProxModule
 from lightning_modules.moon import MoonModule
 from lightning_modules.scaffold import ScaffoldModule
+from lightning_modules.scalefl import ScaleFLModule
 
-__all__ = ["FedINModule", "ClientModule", "default_optimizer", "FedProxModule", "ScaffoldModule", "FedNovaModule", "MoonModule", "FedGenModule"]
+__all__ = ["FedINModule", "ClientModule", "default_optimizer", "FedProxModule", "ScaffoldModule", "FedNovaModule", "MoonModule", "FedGenModule", "ScaleFLModule"]

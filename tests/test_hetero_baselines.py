@@ -337,3 +337,95 @@ def test_new_hetero_baselines_cli_two_rounds_on_digits(run_cli, args):
     assert code == 0, err
     acc = float(re.search(r"final test_acc ([0-9.]+)", out).group(1))
     assert 0 < acc <= 1
+
+
+# ----------------------------------------------------------------------------- ScaleFL
+import math  # noqa: E402
+
+from flcore.strategies import ScaleFL  # noqa: E402
+from lightning_modules import ScaleFLModule  # noqa: E402
+from lightning_modules.models import ScaleFLResNet  # noqa: E402
+from lightning_modules.scalefl import exit_loss  # noqa: E402
+
+SCALEFL_DIGITS = f"{ROOT}/configs/scalefl_digits.yaml"
+
+
+def test_scalefl_exit_loss_hand_computed():
+    outs = [torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])]  # softmax: [.5, .5] and [.75, .25]
+    y = torch.tensor([0])
+    ce1, ce2 = math.log(2.0), math.log(4.0 / 3.0)
+    # weights 1, 2 over n (n + 1) / 2 = 3; no distillation
+    assert exit_loss(outs, y, kd_gamma=0.0).item() == pytest.approx((ce1 + 2 * ce2) / 3)
+    kl = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)  # KL(teacher || shallow exit), T = 1
+    assert exit_loss(outs, y, kd_gamma=0.5, temperature=1.0).item() == pytest.approx((ce1 + 0.5 * kl + 2 * ce2) / 3)
+    # T = 2 softens both and multiplies by T^2
+    t_soft = torch.softmax(outs[1] / 2, 1)[0]
+    kl2 = float((t_soft * (t_soft / 0.5).log()).sum())
+    assert exit_loss(outs, y, kd_gamma=0.5, temperature=2.0).item() == pytest.approx((ce1 + 0.5 * 4 * kl2 + 2 * ce2) / 3)
+    assert exit_loss(outs[1:], y, kd_gamma=0.5).item() == pytest.approx(ce2)  # one exit: cross-entropy only
+
+
+def test_scalefl_levels_are_width_and_depth_slices_of_the_full_model():
+    kw = dict(arch="resnet18", in_channels=1, num_classes=10, width=8, stem="cifar")
+    full = ScaleFLResNet(**kw).state_dict()
+    for level, exits in (("e4w0.9", 4), ("e3w0.8", 3), ("e2w0.7", 2), ("e1w0.6", 1)):
+        m = ScaleFLResNet(**kw, level=level)
+        assert len(m.exit_logits(torch.randn(2, 1, 8, 8))) == exits and m(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+        sub = m.state_dict()
+        assert set(sub) <= set(full)  # a depth split: a subset of the entries
+        assert all(all(s <= f for s, f in zip(sub[k].shape, full[k].shape)) for k in sub)
+        assert any(k.startswith(f"intermediate.layer{exits}.") for k in sub)
+        assert not any(k.startswith(f"intermediate.layer{exits + 1}.") for k in sub)
+        assert ("classifier.weight" in sub) == (exits == 4)
+        assert sub["extractor.0.weight"].shape[0] == round(8 * m.rate)
+    with pytest.raises(ValueError, match="model.net.exits: one level must be the full model"):
+        ScaleFLResNet(**kw, rates=(0.5, 1.0), exits=(4, 3))
+    with pytest.raises(ValueError, match="ScaleFL needs a network with early exits"):
+        ScaleFLModule(HeteroResNet_for_test())
+
+
+def HeteroResNet_for_test():
+    from lightning_modules.models import HeteroResNet
+
+    return HeteroResNet("resnet10", 1, 10, width=2, stem="cifar")
+
+
+def test_scalefl_aggregation_slices_and_counts():
+    kw = dict(arch="resnet10", in_channels=1, num_classes=3, width=2, stem="cifar", rates=(1.0, 0.5), exits=(4, 1),
+              exit_convs=1)
+    levels = {lv: ScaleFLResNet(**kw, level=lv).state_dict() for lv in ("e4w1", "e1w0.5")}
+    s = ScaleFL(dynamic=False)
+    s.bind(["e4w1", "e1w0.5"])
+    state = s.initialize(levels, 2)
+    tasks = s.configure_fit(7, [0, 1], state, np.random.default_rng(0))
+    assert [t.arch for t in tasks] == ["e4w1", "e1w0.5"] and all(t.payload == {"round": 7} for t in tasks)
+    small = tasks[1].state
+    assert torch.equal(small["extractor.0.weight"], state["global"]["extractor.0.weight"][:1])  # leading channel
+    full_up = {k: torch.full_like(v, 2.0) if v.is_floating_point() else v for k, v in tasks[0].state.items()}
+    small_up = {k: torch.full_like(v, 4.0) if v.is_floating_point() else v for k, v in small.items()}
+    new = s.aggregate_fit(7, [ClientResult(0, 0, full_up, 100), ClientResult(1, 1, small_up, 1)], state, None)["global"]
+    w = new["extractor.0.weight"]
+    assert torch.all(w[:1] == 3.0) and torch.all(w[1:] == 2.0)  # unweighted mean where both clients hold it
+    fc = new["exits.0.fc.weight"]  # (3, 2): the small client trained input channel 0 only
+    assert torch.all(fc[:, :1] == 3.0) and torch.all(fc[:, 1:] == 2.0)
+    assert torch.all(new["intermediate.layer4.0.conv1.weight"] == 2.0)  # deep entries: the full client alone
+
+
+def test_scalefl_distillation_starts_at_the_configured_round():
+    m = ScaleFLModule(ScaleFLResNet("resnet10", 1, 10, width=2, stem="cifar", rates=(1.0,), exits=(4,), exit_convs=1),
+                      kd_gamma=0.1, kd_start_round=3)
+    m.configure_client({"round": 2})
+    assert m._gamma == 0.0
+    m.configure_client({"round": 3})
+    assert m._gamma == 0.1
+
+
+@pytest.mark.slow
+def test_scalefl_cli_two_rounds_on_digits(run_cli, tmp_path):
+    code, out, err = run_cli("fit", "--config", SCALEFL_DIGITS, "--trainer.rounds", "2", "--trainer.eval_every", "1",
+                             "--trainer.local.max_epochs", "1", "--model.init_args.net.init_args.width", "4")
+    assert code == 0, err
+    header = next((tmp_path / "runs").glob("scalefl_digits/version_*/metrics.csv")).read_text().splitlines()[0]
+    assert all(f"global/test_acc/{lv}" in header for lv in ("e4w1", "e4w0.9", "e3w0.8", "e2w0.7", "e1w0.6"))
+    acc = float(re.search(r"final test_acc ([0-9.]+)", out).group(1))
+    assert 0 < acc <= 1

@@ -22,9 +22,9 @@ from flcore import FederatedTrainer
 from flcore.checkpoint import load_checkpoint
 from flcore.errors import ConfigError
 from flcore.strategies.base import Strategy
-from lightning_modules import (ClientModule, FedGenModule, FedINModule, FedNovaModule, FedProxModule, MoonModule,
+from lightning_modules import (ClientModule, ScaleFLModule, FedGenModule, FedINModule, FedNovaModule, FedProxModule, MoonModule,
                                ScaffoldModule)
-from lightning_modules.models import CNN, HeteroResNet, WidthScaledResNet
+from lightning_modules.models import CNN, HeteroResNet, ScaleFLResNet, WidthScaledResNet
 
 
 def _cnn():
@@ -39,7 +39,11 @@ def _widths():
     return WidthScaledResNet("resnet10", 1, 10, width=2, stem="cifar", rates=(1.0, 0.5))
 
 
-DEPTHS, WIDTHS = ["resnet10", "resnet14"], ["w1", "w0.5"]
+def _scalefl():
+    return ScaleFLResNet("resnet10", 1, 10, width=2, stem="cifar", rates=(1.0, 0.5), exits=(4, 2), exit_convs=1)
+
+
+DEPTHS, WIDTHS, SPLITS = ["resnet10", "resnet14"], ["w1", "w0.5"], ["e4w1", "e2w0.5"]
 #: strategy name -> (objective factory, architectures or None)
 CASES = {
     "FedAvg": (lambda: ClientModule(_cnn()), None),
@@ -59,6 +63,7 @@ CASES = {
     "HeteroFedGen": (lambda: FedGenModule(_family()), DEPTHS),
     "HeteroFL": (lambda: ClientModule(_widths()), WIDTHS),
     "FedRolex": (lambda: ClientModule(_widths()), WIDTHS),
+    "ScaleFL": (lambda: ScaleFLModule(_scalefl()), SPLITS),
 }
 
 

@@ -18,7 +18,8 @@ from flcore.strategies.inco import InCo
 from flcore.strategies.fedprox import FedProx
 from flcore.strategies.moon import Moon
 from flcore.strategies.scaffold import Scaffold
+from flcore.strategies.scalefl import ScaleFL
 from flcore.strategies.multimodel import MultiModelStrategy
 
-__all__ = ["HeteroFedGen", "InCo", "HeteroFedNova", "HeteroScaffold", "HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
+__all__ = ["ScaleFL", "HeteroFedGen", "InCo", "HeteroFedNova", "HeteroScaffold", "HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
            "FedProx", "Scaffold", "FedNova", "Moon", "FedGen"]

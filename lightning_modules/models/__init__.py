@@ -8,6 +8,7 @@ from lightning_modules.models.generator import FeatureGenerator
 from lightning_modules.models.lstm import CharLSTM, Sent140LSTM
 from lightning_modules.models.resnet20 import AuthorsResNet20, ResNet20
 from lightning_modules.models.resnet_family import FAMILY_STAGES, HeteroResNet, WidthScaledResNet
+from lightning_modules.models.scalefl_resnet import ScaleFLResNet
 from lightning_modules.models.vgg16 import VGG16
 
-__all__ = ["LeNetCNN", "AuthorsResNet20", "HeteroResNet", "WidthScaledResNet", "FAMILY_STAGES", "CNN", "ResNet20", "VGG16", "FeatureGenerator", "CharLSTM", "Sent140LSTM"]
+__all__ = ["LeNetCNN", "AuthorsResNet20", "HeteroResNet", "WidthScaledResNet", "ScaleFLResNet", "FAMILY_STAGES", "CNN", "ResNet20", "VGG16", "FeatureGenerator", "CharLSTM", "Sent140LSTM"]
