@@ -144,10 +144,14 @@ class FederatedDataModule(L.LightningDataModule):
             count >= 1; 0 (default) keeps every training sample for the clients, as the papers
             do. Model selection ("best" round) uses it; the test set is only reported.
         val_seed: seed of the validation draw (uniform without replacement).
+        public_size: an unlabelled server-held set carved from the training data (after the
+            validation set, from the same seeded draw), never given to a client: a fraction in
+            (0, 1) or a count >= 1; 0 (default) none. Its labels are dropped
+            (:meth:`public_inputs`). Knowledge-transfer strategies (FedET) distil on it.
 
     Raises:
-        ValueError: num_clients < 1, batch_size < 1, eval_batch_size < 1, val_size < 0
-            (construction); num_clients larger than the training set, a val_size that leaves
+        ValueError: num_clients < 1, batch_size < 1, eval_batch_size < 1, val_size < 0,
+            public_size < 0 (construction); num_clients larger than the training set, a val_size that leaves
             fewer training samples than clients, or a partition that leaves a client without
             samples (setup).
         DatasetNotFoundError: files missing with ``download=False``, or a download that failed
@@ -168,8 +172,11 @@ class FederatedDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         val_size: float = 0,
         val_seed: int = 0,
+        public_size: float = 0,
     ):
         super().__init__()
+        if not public_size >= 0:
+            raise ValueError(f"data.public_size: must be a fraction in (0, 1), a count >= 1, or 0 (none), got {public_size}")
         if not val_size >= 0:
             raise ValueError(f"data.val_size: must be a fraction in (0, 1), a count >= 1, or 0 (none), got {val_size}")
         if num_clients < 1:
@@ -186,6 +193,8 @@ class FederatedDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.download = bool(download)
         self.val_size, self.val_seed = val_size, int(val_seed)
+        self.public_size = public_size
+        self.x_public: Tensor | None = None
         self.x_val: Tensor | None = None
         self.y_val: Tensor | None = None
         self.x_train: Tensor | None = None
@@ -206,10 +215,15 @@ class FederatedDataModule(L.LightningDataModule):
             return
         x_train, y_train, x_test, y_test = self.load()
         n_val = self._val_count(len(y_train))
-        if n_val:
+        n_pub = self._count("public_size", self.public_size, len(y_train), n_val)
+        if n_val or n_pub:
             order = torch.from_numpy(np.random.default_rng(self.val_seed).permutation(len(y_train)))
-            val, keep = order[:n_val].sort().values, order[n_val:].sort().values
-            self.x_val, self.y_val = x_train[val].contiguous(), y_train[val].long()
+            val, pub = order[:n_val].sort().values, order[n_val:n_val + n_pub].sort().values
+            keep = order[n_val + n_pub:].sort().values
+            if n_val:
+                self.x_val, self.y_val = x_train[val].contiguous(), y_train[val].long()
+            if n_pub:
+                self.x_public = x_train[pub].contiguous()
             x_train, y_train = x_train[keep], y_train[keep]
         self.x_train, self.y_train = x_train.contiguous(), y_train.long()
         self.x_test, self.y_test = x_test.contiguous(), y_test.long()
@@ -223,11 +237,26 @@ class FederatedDataModule(L.LightningDataModule):
                 f"partition.min_size >= 1")
 
     def _val_count(self, n: int) -> int:
-        v = self.val_size
+        return self._count("val_size", self.val_size, n, 0)
+
+    def _count(self, field: str, v: float, n: int, taken: int) -> int:
+        """Samples a held-out set of size ``v`` (fraction or count) takes from ``n``, after
+        ``taken`` already held out; refuses one that leaves fewer samples than clients."""
         count = int(round(v * n)) if 0 < v < 1 else int(v)
-        if count and n - count < self.num_clients <= n:  # (more clients than samples: the partitioner says so)
-            raise ValueError(f"data.val_size: {v} leaves {n - count} training samples for {self.num_clients} clients")
+        left = n - taken - count
+        if count and left < self.num_clients <= n:  # (more clients than samples: the partitioner says so)
+            raise ValueError(f"data.{field}: {v} leaves {left} training samples for {self.num_clients} clients")
         return count
+
+    def public_inputs(self) -> Tensor:
+        """The unlabelled server-held inputs ``(P, ...)`` (``public_size``), after :meth:`setup`.
+
+        Raises:
+            ValueError: no public set (``public_size`` is 0).
+        """
+        if self.x_public is None:
+            raise ValueError("data.public_size: no public set; set a fraction in (0, 1) or a count")
+        return self.x_public
 
     @property
     def has_val(self) -> bool:

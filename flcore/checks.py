@@ -288,11 +288,18 @@ def check_architectures(trainer: FederatedTrainer, model, datamodule) -> tuple[d
     if not isinstance(trainer.strategy, HeterogeneousStrategy):
         raise ConfigError(f"trainer.strategy: {type(trainer.strategy).__name__} aggregates one architecture; with "
                           f"trainer.architectures use flcore.strategies.HeteroFedAvg or flcore.strategies.FedIN")
+    try:
+        trainer.strategy.validate_architectures(names)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     modules = {name: model.for_architecture(name) for name in names}
     for module in modules.values():
         check_net(module, datamodule)
     if trainer.strategy.exchanges_features:
         check_feature_shapes(modules, datamodule)
+    if trainer.strategy.needs_public_data and getattr(datamodule, "x_public", None) is None:
+        raise ConfigError(f"data.public_size: {type(trainer.strategy).__name__} distils on unlabelled server-held data; "
+                          f"set a fraction in (0, 1) or a count >= 1, e.g. 0.05")
     return modules, client_arch
 
 

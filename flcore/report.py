@@ -13,7 +13,9 @@ the papers' best test accuracy (the maximum over rounds, selected on the test se
 made with ``trainer.report_best_test``), rounds to each target test accuracy (the first evaluated
 round at or above it; mean over the runs that reach it, with how many did), the standard
 deviation of the last ``--last`` evaluations' test accuracy (smoothness), megabytes sent (down +
-up) and wall time.
+up) and wall time. With ``--baseline GROUP``, a convergence speed relative to that group at the
+first target: ``rounds_to(baseline) / rounds_to(group)`` (the FedIN paper's Table 1 "Speed",
+FedAvg = x1.0; above 1 is faster).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_runs", "summarize", "markdown_table", "plot_curves", "main"]
+__all__ = ["load_runs", "summarize", "relative_speed", "markdown_table", "plot_curves", "main"]
 
 _SEED = re.compile(r"__seed=[^_]+")
 
@@ -92,6 +94,22 @@ def summarize(runs: list[dict[str, Any]], targets: tuple[float, ...] = (), last:
     return rows
 
 
+def relative_speed(rows: list[dict[str, Any]], baseline: str, target: float) -> None:
+    """Add ``row["speed"]``: the baseline group's mean rounds to ``target`` divided by the row's
+    (FedIN paper, Table 1 "Speed"); ``None`` where either never reaches it.
+
+    Raises:
+        ValueError: no group named ``baseline``.
+    """
+    base = next((r for r in rows if r["group"] == baseline), None)
+    if base is None:
+        raise ValueError(f"--baseline: no run group {baseline!r}; groups: {[r['group'] for r in rows]}")
+    b = base[f"rounds_to_{target:g}"][0]
+    for r in rows:
+        mine = r[f"rounds_to_{target:g}"][0]
+        r["speed"] = (b / mine) if (b is not None and mine) else None
+
+
 def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
     m, s = ms
     if math.isnan(m):
@@ -103,7 +121,8 @@ def markdown_table(rows: list[dict[str, Any]], targets: tuple[float, ...] = (), 
     """The summary as a Markdown table (accuracies in %)."""
     head = ["run group", "runs", "rounds", "final test acc (%)", f"mean of last {last} evals (%)",
             "test acc at best val (%)", "best test acc, papers' protocol (%)",
-            *[f"rounds to {100 * t:g} %" for t in targets], f"std of last {last} evals (pts)", "MB sent", "wall (s)"]
+            *[f"rounds to {100 * t:g} %" for t in targets],
+            *([f"speed vs baseline at {100 * targets[0]:g} %"] if rows and "speed" in rows[0] else []), f"std of last {last} evals (pts)", "MB sent", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["group"], str(r["runs"]), str(r["rounds"]), _fmt(r["final_test_acc"], 100),
@@ -112,6 +131,8 @@ def markdown_table(rows: list[dict[str, Any]], targets: tuple[float, ...] = (), 
         for t in targets:
             mean, hit = r[f"rounds_to_{t:g}"]
             cells.append("never" if mean is None else f"{mean:.0f} ({hit}/{r['runs']})")
+        if "speed" in r:
+            cells.append("—" if r["speed"] is None else f"x{r['speed']:.1f}")
         cells += [_fmt(r["last_evals_std"], 100), _fmt(r["mbytes"], 1, 1), _fmt(r["wall_time_s"], 1, 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -180,14 +201,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for report.md, report.csv, curves.png")
     p.add_argument("--target", type=float, nargs="*", default=[], help="target test accuracies, e.g. 0.6 0.7")
     p.add_argument("--last", type=int, default=5, help="evaluations in the smoothness column")
+    p.add_argument("--baseline", default=None, help="run group for the relative-speed column (needs --target)")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
+    if args.baseline and not args.target:
+        p.error("--baseline: needs --target (speed is measured at the first target accuracy)")
     runs = load_runs(args.roots)
     if not runs:
         p.error(f"roots: no results.json below {args.roots}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs, tuple(args.target), args.last)
+    if args.baseline:
+        try:
+            relative_speed(rows, args.baseline, args.target[0])
+        except ValueError as err:
+            p.error(str(err))
     table = markdown_table(rows, tuple(args.target), args.last)
     (out / "report.md").write_text(table)
     write_csv(rows, out / "report.csv")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -271,6 +272,9 @@ class FederatedTrainer:
         runner = LocalRunner(self._modules if hetero else model, datamodule, self.local, seed, self.callbacks)
         if hetero:
             self.strategy.bind(self._client_arch)
+            if self.strategy.needs_public_data:
+                self.strategy.bind_server({a: copy.deepcopy(m.net).cpu() for a, m in runner.modules.items()},
+                                          datamodule.public_inputs())
         self.sampler.setup(datamodule.client_sizes)
         if ckpt_path:
             self.sampler.load_state_dict(ckpt.get("sampler", {}))

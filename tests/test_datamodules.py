@@ -151,3 +151,23 @@ def test_a_partition_with_an_empty_client_is_refused_at_setup():
     dm = Digits(num_clients=5, partition=LeavesOneEmpty())
     with pytest.raises(ValueError, match=r"data.partition: 1 of 5 clients get no training samples \(clients \[4\]\)"):
         dm.setup()
+
+
+def test_public_set_is_held_out_unlabelled_and_leaves_validation_unchanged():
+    from datamodules import Digits
+
+    plain, both = Digits(num_clients=5, val_size=100), Digits(num_clients=5, val_size=100, public_size=0.1)
+    plain.setup(), both.setup()
+    assert torch.equal(plain.x_val, both.x_val)  # carving a public set does not move the validation set
+    x_all, _, _, _ = both.load()
+    n = len(x_all)
+    order = np.random.default_rng(both.val_seed).permutation(n)  # the documented draw: val, then public
+    n_pub = round(0.1 * n)
+    pub, keep = np.sort(order[100:100 + n_pub]), np.sort(order[100 + n_pub:])
+    assert torch.equal(both.public_inputs(), x_all[pub])
+    assert torch.equal(both.x_train, x_all[keep])  # the clients' pool is exactly what is left
+    assert sorted(np.concatenate(both.client_indices).tolist()) == list(range(len(keep)))
+    with pytest.raises(ValueError, match="data.public_size: no public set"):
+        plain.public_inputs()
+    with pytest.raises(ValueError, match="data.public_size"):
+        Digits(public_size=-1)

@@ -429,3 +429,82 @@ def test_scalefl_cli_two_rounds_on_digits(run_cli, tmp_path):
     assert all(f"global/test_acc/{lv}" in header for lv in ("e4w1", "e4w0.9", "e3w0.8", "e2w0.7", "e1w0.6"))
     acc = float(re.search(r"final test_acc ([0-9.]+)", out).group(1))
     assert 0 < acc <= 1
+
+
+# ----------------------------------------------------------------------------- FedET
+from flcore.strategies import FedET  # noqa: E402
+from flcore.strategies.fedet import ensemble_targets  # noqa: E402
+
+
+def test_fedet_ensemble_targets_hand_computed():
+    # sample 0: A = [.9, .1] (confident), B = [.4, .6] (unsure, disagrees); sample 1: both say class 1
+    p = torch.tensor([[[0.9, 0.1], [0.2, 0.8]],
+                      [[0.4, 0.6], [0.3, 0.7]]]).log()
+    labels, diversity, has = ensemble_targets(p)
+    var_a, var_b = math.log(9.0) ** 2 / 2, math.log(0.4 / 0.6) ** 2 / 2  # unbiased variance over 2 classes
+    cons = (var_a * p[0, 0] + var_b * p[1, 0]) / (var_a + var_b)
+    assert labels.tolist() == [int(cons.argmax()), 1] == [0, 1]
+    assert has.tolist() == [True, False]
+    assert torch.allclose(diversity[0], p[1, 0])  # only B disagrees on sample 0: its log-probabilities
+    assert torch.equal(diversity[1], torch.zeros(2))  # everyone agrees: no diversity target
+
+
+def _fedet_round(**kw):
+    from lightning_modules.models import HeteroResNet
+
+    archs = ["resnet10", "resnet14"]
+    nets = {a: HeteroResNet(a, 1, 3, width=2, stem="cifar") for a in archs}
+    s = FedET(**kw)
+    s.bind(archs)
+    s.bind_server(nets, torch.randn(20, 1, 8, 8))
+    state = s.initialize({a: n.state_dict() for a, n in nets.items()}, 2)
+    ups = []
+    for c, a in enumerate(archs):
+        st = {k: v.clone() for k, v in s.configure_fit(0, [c], state, None)[0].state.items()}
+        st["classifier.weight"] += c + 1.0
+        ups.append(ClientResult(c, c, st, 10))
+    return s, state, ups
+
+
+def test_fedet_server_model_takes_the_mean_head_and_shares_it():
+    s, state, ups = _fedet_round(distill_steps=1, distill_lr=1e-12)
+    assert state["server_arch"] == "resnet14" and list(state["edge"]) == ["resnet10"]  # the larger member serves
+    new = s.aggregate_fit(0, ups, state, np.random.default_rng(0))
+    mean_head = (ups[0].state["classifier.weight"] + ups[1].state["classifier.weight"]) / 2
+    assert torch.allclose(new["server"]["classifier.weight"], mean_head, atol=1e-6)
+    assert torch.equal(new["edge"]["resnet10"]["classifier.weight"], new["server"]["classifier.weight"])
+    # the server model's own (non-head) weights come from its architecture's clients
+    key = "intermediate.layer4.1.conv1.weight"
+    assert torch.allclose(new["server"][key], ups[1].state[key], atol=1e-6)
+    assert set(s.global_models(new)) == {"resnet10", "resnet14"} and s.global_model(new) is new["server"]
+
+
+def test_fedet_distillation_fits_the_consensus():
+    s, state, ups = _fedet_round(distill_steps=60, distill_lr=0.5, diversity_weight=0.0)
+    logp = torch.stack([s._log_probs(s.client_arch[r.cid], r.state) for r in ups])
+    labels, _, _ = ensemble_targets(logp)
+    new = s.aggregate_fit(0, ups, state, np.random.default_rng(0))
+    net = s._nets["resnet14"]
+    net.load_state_dict(new["server"])
+    net.train()  # static batches of the public set: the server model learnt the consensus labels
+    with torch.no_grad():
+        acc = (net(s._public).argmax(1) == labels).float().mean().item()
+    assert acc >= 0.9
+
+
+def test_fedet_needs_a_public_set_and_a_known_server_arch(run_cli):
+    code, _, err = run_cli("fit", "--config", HETERO_DIGITS, "--trainer.strategy", "flcore.strategies.FedET")
+    assert code == 2 and "data.public_size: FedET distils on unlabelled server-held data" in err.strip().splitlines()[-1]
+    code, _, err = run_cli("fit", "--config", HETERO_DIGITS, "--trainer.strategy", "flcore.strategies.FedET",
+                           "--trainer.strategy.init_args.server_arch", "resnet99", "--data.init_args.public_size", "0.1")
+    assert code == 2 and "strategy.server_arch: must be one of trainer.architectures" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_fedet_cli_two_rounds_on_digits(run_cli):
+    code, out, err = run_cli("fit", "--config", HETERO_DIGITS, "--trainer.strategy", "flcore.strategies.FedET",
+                             "--trainer.strategy.init_args.distill_steps", "4", "--data.init_args.public_size", "0.1",
+                             "--trainer.rounds", "2", "--trainer.eval_every", "1", "--trainer.local.max_epochs", "1",
+                             "--model.init_args.net.init_args.width", "4")
+    assert code == 0, err
+    assert 0 < float(re.search(r"final test_acc ([0-9.]+)", out).group(1)) <= 1

@@ -10,7 +10,7 @@ import torch
 
 from datamodules import ClassesPerClient, Digits, Dirichlet, QuantitySkew
 from flcore import FederatedTrainer
-from flcore.report import load_runs, markdown_table, rounds_to, summarize
+from flcore.report import load_runs, markdown_table, relative_speed, rounds_to, summarize
 from flcore.strategies import FedAvg
 from flcore.sweep import expand, run_status
 from lightning_modules import ClientModule
@@ -141,6 +141,21 @@ def test_rounds_to_target_and_grouping():
     assert math.isnan(row["best_test_acc_paper_protocol"][0])  # not recorded by these runs: "—"
     runs[0]["record"]["best_test_acc_paper_protocol"] = {"round": 10, "test_acc": 0.65}
     assert summarize(runs, (0.7,))[0]["best_test_acc_paper_protocol"] == (0.65, 0.0)
+
+
+def test_relative_speed_as_table_1():
+    def run(group, curve):
+        return {"group": group, "record": {"rounds_completed": 50}, "curve": curve}
+
+    runs = [run("fedavg", [(10, 0.5), (40, 0.86)]), run("fedin", [(10, 0.7), (20, 0.85)]),
+            run("slow", [(10, 0.1), (50, 0.2)])]
+    rows = summarize(runs, (0.85,))
+    relative_speed(rows, "fedavg", 0.85)
+    assert [r["speed"] for r in rows] == [1.0, 2.0, None]  # 40 / 40, 40 / 20, never reached
+    table = markdown_table(rows, (0.85,))
+    assert "speed vs baseline at 85 %" in table and "| x2.0 |" in table and "| — |" in table
+    with pytest.raises(ValueError, match="--baseline: no run group 'nope'"):
+        relative_speed(rows, "nope", 0.85)
 
 
 @pytest.mark.slow

@@ -63,6 +63,7 @@ CASES = {
     "HeteroFedGen": (lambda: FedGenModule(_family()), DEPTHS),
     "HeteroFL": (lambda: ClientModule(_widths()), WIDTHS),
     "FedRolex": (lambda: ClientModule(_widths()), WIDTHS),
+    "FedET": (lambda: ClientModule(_family()), DEPTHS),
     "ScaleFL": (lambda: ScaleFLModule(_scalefl()), SPLITS),
 }
 
@@ -117,7 +118,8 @@ def test_strategy_contract(tmp_path, name):
     seed_everything(0)
     trainer = FederatedTrainer(strategy=strategy, rounds=2, clients_per_round=3, local={"max_epochs": 1},
                                log_dir=str(tmp_path), name=name, architectures=archs)
-    trainer.fit(make_module(), Digits(num_clients=4, batch_size=32))
+    public = 64 if getattr(cls, "needs_public_data", False) else 0  # FedET distils on server-held inputs
+    trainer.fit(make_module(), Digits(num_clients=4, batch_size=32, public_size=public))
     assert len(calls) == 2 and trainer.history[-1]["round/failed_clients"] == 0
     ckpt = load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")  # weights_only=True
     assert _same(ckpt["strategy_state"], calls[-1])
@@ -126,7 +128,7 @@ def test_strategy_contract(tmp_path, name):
     refused = FederatedTrainer(strategy=cls(), rounds=1, clients_per_round=3, log_dir=str(tmp_path / "p"),
                                architectures=archs)
     if cls.client_objective is None:
-        refused._check(plain, Digits(num_clients=4, batch_size=32))
+        refused._check(plain, Digits(num_clients=4, batch_size=32, public_size=public))
     else:
         with pytest.raises(ConfigError, match=f"trainer.strategy: .*{name} needs model.class_path {cls.client_objective}"):
-            refused._check(plain, Digits(num_clients=4, batch_size=32))
+            refused._check(plain, Digits(num_clients=4, batch_size=32, public_size=public))

@@ -3,6 +3,7 @@
 from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, HeterogeneousStrategy, Strategy
 from flcore.strategies.fedavg import FedAvg
 from flcore.strategies.fedcross import FedCross
+from flcore.strategies.fedet import FedET
 from flcore.strategies.fedgen import FedGen
 from flcore.strategies.fedin import FedIN
 from flcore.strategies.fedmr import FedMR
@@ -21,5 +22,5 @@ from flcore.strategies.scaffold import Scaffold
 from flcore.strategies.scalefl import ScaleFL
 from flcore.strategies.multimodel import MultiModelStrategy
 
-__all__ = ["ScaleFL", "HeteroFedGen", "InCo", "HeteroFedNova", "HeteroScaffold", "HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
+__all__ = ["FedET", "ScaleFL", "HeteroFedGen", "InCo", "HeteroFedNova", "HeteroScaffold", "HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
            "FedProx", "Scaffold", "FedNova", "Moon", "FedGen"]

@@ -85,10 +85,23 @@ class HeterogeneousStrategy(Strategy):
     """
 
     exchanges_features: ClassVar[bool] = False
+    #: The server trains models itself on unlabelled server-held inputs (FedET's ensemble
+    #: transfer): the trainer then calls :meth:`bind_server` before :meth:`initialize`, and
+    #: refuses a run whose data has no public set (``data.public_size``).
+    needs_public_data: ClassVar[bool] = False
 
     def bind(self, client_arch: list[str]) -> None:
         """Each client's architecture name (index = client id)."""
         self.client_arch = list(client_arch)
+
+    def validate_architectures(self, names: list[str]) -> None:
+        """Check hyper-parameters against ``trainer.architectures`` before training; raise
+        ``ValueError`` naming the field. The base accepts everything."""
+
+    def bind_server(self, nets: dict[str, Any], public_inputs: Any) -> None:
+        """Server-side networks (one ``nn.Module`` per architecture, the strategy's own copies)
+        and the unlabelled public inputs ``(P, ...)``. Only called when
+        :attr:`needs_public_data`. The base ignores them."""
 
     @abstractmethod
     def global_models(self, state: dict[str, Any]) -> dict[str, StateDict]:
