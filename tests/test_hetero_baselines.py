@@ -236,7 +236,7 @@ def test_scaffold_and_fednova_objectives_run_on_mixed_architectures(tmp_path):
 
 
 # ----------------------------------------------------------------------------- InCo Aggregation
-from flcore.strategies import HeteroFedGen, InCo  # noqa: E402
+from flcore.strategies import HeteroFedGen, InCo, ScaleFL  # noqa: E402
 from flcore.strategies.inco import cross_layer_update, inco_reference_key  # noqa: E402
 
 from tests.conftest import ROOT  # noqa: E402
@@ -303,6 +303,8 @@ def test_inco_aggregation_hand_computed():
     assert new["f.layer1.0.bn2.num_batches_tracked"].item() == 6
     with pytest.raises(ValueError, match="strategy.clip"):
         InCo(clip=0)
+    with pytest.raises(ValueError, match="trainer.architectures: ScaleFL's global model is the full level 'e4w1'"):
+        ScaleFL().validate_architectures(["e4w0.9", "e1w0.6"])
 
 
 # ----------------------------------------------------------------------------- FedGen on a model family
@@ -342,7 +344,6 @@ def test_new_hetero_baselines_cli_two_rounds_on_digits(run_cli, args):
 # ----------------------------------------------------------------------------- ScaleFL
 import math  # noqa: E402
 
-from flcore.strategies import ScaleFL  # noqa: E402
 from lightning_modules import ScaleFLModule  # noqa: E402
 from lightning_modules.models import ScaleFLResNet  # noqa: E402
 from lightning_modules.scalefl import exit_loss  # noqa: E402

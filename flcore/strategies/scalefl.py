@@ -3,11 +3,9 @@ global model with early exits, aggregated entry by entry over the clients that h
 
 from __future__ import annotations
 
-from typing import Any
-
-from flcore.functional import StateDict
 from flcore.strategies.base import ClientTask
 from flcore.strategies.heterofl import HeteroFL
+from lightning_modules.models.scalefl_resnet import scalefl_level_name
 
 __all__ = ["ScaleFL"]
 
@@ -31,21 +29,17 @@ class ScaleFL(HeteroFL):
     * Every task carries the round, which gates the clients' self-distillation.
     * Evaluation: every level's sub-model (its deepest exit); the global model is the full one.
 
-    Args and errors: as :class:`HeteroFL`; :meth:`initialize` raises ``ValueError`` when the
-    widest level does not contain every level's entries.
+    Args and errors: as :class:`HeteroFL`; :meth:`validate_architectures` refuses a level list
+    without the full model (``e4w1``), which holds every other level's entries.
     """
 
     client_objective = "lightning_modules.ScaleFLModule"
 
-    def initialize(self, model_state: dict[str, StateDict], clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
-        state = super().initialize(model_state, clients_per_round, num_clients)
-        full = state["global"]
-        for level, shapes in state["shapes"].items():
-            missing = [k for k in shapes if k not in full]
-            if missing:
-                raise ValueError(f"trainer.architectures: level {level!r} has entries the full model lacks "
-                                 f"({missing[0]}); list the full level (4 exits, rate 1)")
-        return state
+    def validate_architectures(self, names: list[str]) -> None:
+        full = scalefl_level_name(4, 1.0)
+        if full not in names:
+            raise ValueError(f"trainer.architectures: ScaleFL's global model is the full level {full!r} "
+                             f"(4 exits, rate 1); list it, got {names}")
 
     def configure_fit(self, rnd, clients, state, rng) -> list[ClientTask]:
         tasks = super().configure_fit(rnd, clients, state, rng)
