@@ -24,13 +24,14 @@ def ensemble_targets(log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
     ``log_probs``: ``(K, P, C)`` log-softmax outputs. A model's confidence on a sample is the
     variance of its log-probabilities over the classes, ``v_k = Var_c log p_k(c | x)`` (a peaked
-    prediction has a large variance). Returns:
+    prediction has a large variance; log-probabilities, as a public re-implementation of FedET
+    computes it). Returns:
 
     * ``labels (P,)``: ``argmax_c sum_k a_k log p_k(c)`` with ``a_k = v_k / sum_j v_j``: the
-      confidence-weighted consensus (FedET Sec. 4.2);
+      confidence-weighted consensus (FedET Sec. 3.2, step 1);
     * ``diversity (P, C)``: ``sum_k b_k log p_k`` with ``b_k`` proportional to ``v_k`` over the
       models whose own prediction differs from the consensus (the diversity regulariser's
-      target, FedET Sec. 4.3); zero where every model agrees;
+      target, FedET Sec. 3.2); zero where every model agrees;
     * ``has_diversity (P,)``: whether any model disagrees.
     """
     var = log_probs.var(dim=2)  # (K, P), unbiased
@@ -59,9 +60,9 @@ class FedET(HeterogeneousStrategy):
        is trained for ``distill_steps`` SGD steps (``distill_lr``, batches of ``distill_batch``,
        reshuffled every pass) on
        ``CE(f_s(x), consensus) + diversity_weight * KL(softmax(diversity) || softmax(f_s(x)))``,
-       the KL term on samples where some model disagrees (FedET Eq. 5-7).
+       the KL term on samples where some model disagrees (FedET Sec. 3.2's ensemble transfer).
     4. Every client architecture's model takes the server model's classifier (weight sharing of
-       the representation layers, FedET Sec. 4.1).
+       the representation layers, FedET Sec. 3).
 
     The FedIN setting puts every family member, the largest included, on clients; here the
     clients of ``server_arch`` train the server model itself (their average seeds step 3), and

@@ -45,7 +45,7 @@ def cross_layer_update(g: Tensor, g0: Tensor, clamp_max: float = 5.0, clip: floa
 
     ``sigma`` is the closed-form solution of the paper's convex sub-problem (the least-squares
     projection coefficient of ``g`` on ``g0``, made non-negative so that the shallow direction is
-    never subtracted; InCo paper Sec. 4, as computed in the authors' ``aggregate_IN_gradients``);
+    never subtracted; the closed form the authors' ``aggregate_IN_gradients`` computes);
     the normalised sum keeps the mean of the two magnitudes, and the element-wise clip is the
     authors' guard against unstable training (``clip = 0.1``, ``clamp_max = 5``).
 
