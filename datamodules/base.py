@@ -245,7 +245,8 @@ class FederatedDataModule(L.LightningDataModule):
         count = int(round(v * n)) if 0 < v < 1 else int(v)
         left = n - taken - count
         if count and left < self.num_clients <= n:  # (more clients than samples: the partitioner says so)
-            raise ValueError(f"data.{field}: {v} leaves {left} training samples for {self.num_clients} clients")
+            have = f"{max(left, 0)} training samples" if left >= 0 else f"no training samples ({n - taken} available)"
+            raise ValueError(f"data.{field}: {v:g} leaves {have} for {self.num_clients} clients")
         return count
 
     def public_inputs(self) -> Tensor:

@@ -107,6 +107,8 @@ INVALID = [
     ([D + "eval_batch_size", "0"], "data.eval_batch_size: must be >= 1"),
     ([D + "val_size", "-1"], "data.val_size"),
     ([D + "val_size", "2000"], "data.val_size"),
+    ([D + "public_size", "-1"], "data.public_size"),
+    ([D + "val_size", "800", D + "public_size", "990"], "data.public_size: 990 leaves no training samples (637 available) for 20 clients"),
     ([D + "num_clients", "1000", P + "init_args.min_size", "0", P + "init_args.beta", "0.01"],
      "data.partition: 732 of 1000 clients get no training samples"),
     ([N + "class_path", "lightning_modules.models.ResNet20", N + "init_args.in_channels", "1", D + "batch_size", "1"],
