@@ -214,7 +214,7 @@ class FederatedDataModule(L.LightningDataModule):
         if self.x_train is not None:
             return
         x_train, y_train, x_test, y_test = self.load()
-        n_val = self._val_count(len(y_train))
+        n_val = self._count("val_size", self.val_size, len(y_train), 0)
         n_pub = self._count("public_size", self.public_size, len(y_train), n_val)
         if n_val or n_pub:
             order = torch.from_numpy(np.random.default_rng(self.val_seed).permutation(len(y_train)))
@@ -235,9 +235,6 @@ class FederatedDataModule(L.LightningDataModule):
                 f"data.partition: {len(empty)} of {self.num_clients} clients get no training samples "
                 f"(clients {empty[:5]}{' ...' if len(empty) > 5 else ''}); lower data.num_clients or set "
                 f"partition.min_size >= 1")
-
-    def _val_count(self, n: int) -> int:
-        return self._count("val_size", self.val_size, n, 0)
 
     def _count(self, field: str, v: float, n: int, taken: int) -> int:
         """Samples a held-out set of size ``v`` (fraction or count) takes from ``n``, after

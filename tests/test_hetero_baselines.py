@@ -367,6 +367,8 @@ def test_scalefl_exit_loss_hand_computed():
 
 
 def test_scalefl_levels_are_width_and_depth_slices_of_the_full_model():
+    from lightning_modules.models import HeteroResNet
+
     kw = dict(arch="resnet18", in_channels=1, num_classes=10, width=8, stem="cifar")
     full = ScaleFLResNet(**kw).state_dict()
     for level, exits in (("e4w0.9", 4), ("e3w0.8", 3), ("e2w0.7", 2), ("e1w0.6", 1)):
@@ -382,13 +384,7 @@ def test_scalefl_levels_are_width_and_depth_slices_of_the_full_model():
     with pytest.raises(ValueError, match="model.net.exits: one level must be the full model"):
         ScaleFLResNet(**kw, rates=(0.5, 1.0), exits=(4, 3))
     with pytest.raises(ValueError, match="ScaleFL needs a network with early exits"):
-        ScaleFLModule(HeteroResNet_for_test())
-
-
-def HeteroResNet_for_test():
-    from lightning_modules.models import HeteroResNet
-
-    return HeteroResNet("resnet10", 1, 10, width=2, stem="cifar")
+        ScaleFLModule(HeteroResNet("resnet10", 1, 10, width=2, stem="cifar"))
 
 
 def test_scalefl_aggregation_slices_and_counts():

@@ -37,22 +37,22 @@ class HeteroFedGen(GeneratorServer, HeteroFedAvg):
     def __init__(self, aggregation: str = "layerwise", weighted: bool | None = None, noise_dim: int = 32,
                  hidden: int = 256, generator_lr: float = 3e-4, generator_steps: int = 5, generator_batch: int = 32,
                  diversity_weight: float = 1.0):
-        HeteroFedAvg.__init__(self, aggregation, weighted)
+        super().__init__(aggregation, weighted)
         self._set_generator_args(noise_dim, hidden, generator_lr, generator_steps, generator_batch, diversity_weight)
 
     def initialize(self, model_state, clients_per_round, num_clients=0) -> dict[str, Any]:
         """``model_state``: one initial state_dict per architecture (all share the classifier)."""
         first = next(iter(model_state.values()))
-        return {**HeteroFedAvg.initialize(self, model_state, clients_per_round, num_clients),
+        return {**super().initialize(model_state, clients_per_round, num_clients),
                 **self.initial_generator(first)}
 
     def configure_fit(self, rnd, clients, state, rng) -> list[ClientTask]:
         payload = self.generator_payload(rnd, state)
-        tasks = HeteroFedAvg.configure_fit(self, rnd, clients, state, rng)
+        tasks = super().configure_fit(rnd, clients, state, rng)
         for t in tasks:
             t.payload = payload
         return tasks
 
     def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:
-        return {**HeteroFedAvg.aggregate_fit(self, rnd, results, state, rng),
+        return {**super().aggregate_fit(rnd, results, state, rng),
                 **self.updated_generator(results, state, rng)}

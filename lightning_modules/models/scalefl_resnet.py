@@ -10,6 +10,11 @@ from lightning_modules.models.resnet_family import WidthScaledResNet
 __all__ = ["ScaleFLResNet", "ExitHead", "scalefl_level_name"]
 
 
+def _unscale(z: Tensor, scale: float) -> Tensor:
+    """Pooled features divided by the width rate before a linear layer (HeteroFL's scaler)."""
+    return z / scale if scale != 1.0 else z
+
+
 def scalefl_level_name(exits: int, rate: float) -> str:
     """Name of a ScaleFL level: ``(4, 1.0) -> "e4w1"``, ``(2, 0.7) -> "e2w0.7"``."""
     return f"e{exits}w{rate:g}"
@@ -31,8 +36,7 @@ class ExitHead(nn.Module):
         self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, h: Tensor, scale: float = 1.0) -> Tensor:
-        z = self.layers(h)
-        return self.fc(z / scale if scale != 1.0 else z)
+        return self.fc(_unscale(self.layers(h), scale))
 
 
 class ScaleFLResNet(WidthScaledResNet):
@@ -121,8 +125,7 @@ class ScaleFLResNet(WidthScaledResNet):
             if k <= 3:
                 outs.append(self.exits[k - 1](h, scale))
         if self.num_exits == 4:
-            z = self.intermediate.flatten(self.intermediate.pool(h))
-            outs.append(self.classifier(z / scale if scale != 1.0 else z))
+            outs.append(self.classifier(_unscale(self.intermediate.flatten(self.intermediate.pool(h)), scale)))
         return outs
 
     def forward(self, x: Tensor) -> Tensor:
