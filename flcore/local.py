@@ -1,13 +1,15 @@
 """Local updates through one reusable ``lightning.Trainer`` and one reusable LightningModule.
 
 Several clients share one ``Trainer.fit`` call (:meth:`LocalRunner.fit_many`): Lightning's
-per-fit setup and teardown (several milliseconds on a CPU, more than a small client's whole local
+per-fit setup and teardown (a few milliseconds on a CPU, more than a small client's whole local
 update in cross-device settings) run once per group of clients instead of once per client. Inside
-the fit, Lightning epoch ``j`` is client ``j`` of the group and holds one training step that
-carries the client's E local epochs (:class:`LocalEpochs`), so Lightning's per-epoch and per-step
-machinery (about half a millisecond) runs once per client; a callback swaps the clients at their
-epoch's start (loads the dispatched weights, hands over the payload, clears the optimizer state,
-reseeds) and collects each result after it.
+the fit, the whole group is one Lightning epoch holding one training step (:class:`_GroupEpochs`:
+the clients' local epochs one after another), so Lightning's per-epoch and per-step machinery
+(about half a millisecond) runs once per group. When a callback or the client module implements
+an epoch or batch hook, each client gets a Lightning epoch and step of its own instead
+(:class:`LocalEpochs`), so those hooks see every client. Either way the group's schedule swaps
+the clients (loads the dispatched weights, hands over the payload, clears the optimizer state,
+reseeds) and collects each result after its last local epoch.
 Every client's update is the same, bit for bit, as if it had its own fit: its randomness comes
 from (run seed, round, client) alone.
 """
@@ -20,6 +22,7 @@ import warnings
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities.model_helpers import is_overridden
 import numpy as np
 import torch
 from torch import Tensor
@@ -27,6 +30,7 @@ from torch import Tensor
 from datamodules.base import ShuffledEpochs
 from flcore.seeding import STREAM_CLIENT, derive_seed
 from flcore.messages import ClientFailure, ClientResult, ClientTask
+from lightning_modules.client import ClientModule
 
 __all__ = ["LocalRunner", "LocalEpochs", "DEFAULT_LOCAL", "quiet_lightning"]
 
@@ -77,22 +81,32 @@ def _rewind(trainer: L.Trainer) -> None:
 
 
 class _ClientSchedule(L.Callback):
-    """Swaps the clients of one group fit at epoch boundaries (see the module docstring)."""
+    """Swaps the clients of one group fit: at Lightning epoch boundaries when each client has an
+    epoch of its own, else inside the group's single step (see the module docstring)."""
 
-    def __init__(self, runner: LocalRunner, tasks: list[ClientTask], rnd: int):
+    def __init__(self, runner: LocalRunner, tasks: list[ClientTask], rnd: int, per_epoch: bool):
         self.runner, self.tasks, self.rnd = runner, tasks, rnd
+        self.per_epoch = per_epoch  # one Lightning epoch per client (else one epoch and step per group)
         self.sources: dict[int, ShuffledEpochs] = {}
         self.seeds: dict[int, int] = {}
         self.epochs = runner.local_epochs
         self.current = -1  # index of the client in training
         self.outcomes: list[ClientResult | ClientFailure] = []
+        self.live: dict[str, Tensor] | None = None  # the net's state tensors, taken once the net is on its device
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.live = live_state(pl_module.net)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        index = trainer.current_epoch
+        if self.per_epoch:
+            self.start(trainer.current_epoch, trainer, pl_module)
+
+    def start(self, index: int, trainer, pl_module) -> None:
+        """Collect the client in training, then make client ``index`` the one in training."""
         self._finish(pl_module)
         self.current = index
         task = self.tasks[index]
-        pl_module.net.load_state_dict(task.state)
+        load_live(pl_module.net, self.live, task.state)
         if pl_module.keeps_client_state:
             pl_module.load_client_state(task.client_state)
         pl_module.configure_client(task.payload)
@@ -123,7 +137,8 @@ class _ClientSchedule(L.Callback):
         if self.current < 0 or len(self.outcomes) > self.current:
             return
         task = self.tasks[self.current]
-        state = {k: v.detach().to("cpu", copy=True) for k, v in module.net.state_dict().items()}
+        live = self.live if self.live is not None else module.net.state_dict()
+        state = {k: v.detach().to("cpu", copy=True) for k, v in live.items()}
         upload = module.client_upload()
         result = ClientResult(cid=task.cid, slot=task.slot, state=state, num_samples=self.sources[self.current].num_samples,
                               metrics=dict(module.train_metrics), payload=upload,
@@ -131,11 +146,43 @@ class _ClientSchedule(L.Callback):
         self.outcomes.append(_check_finite(result))
 
 
+def live_state(net: torch.nn.Module) -> dict[str, Tensor] | None:
+    """``net``'s state tensors themselves (``state_dict(keep_vars=True)``: the parameters and
+    persistent buffers, not copies), or ``None`` when loading ``net`` is more than copying
+    tensors: a module with load hooks, its own ``_load_from_state_dict`` (other than
+    BatchNorm's, which only fills a missing ``num_batches_tracked``) or extra state. Valid until
+    the net's tensors are replaced (``.to(device)`` replaces buffers): take it once per fit."""
+    for m in net.modules():
+        if (m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks
+                or type(m)._load_from_state_dict not in _PLAIN_LOADERS):
+            return None
+    live = net.state_dict(keep_vars=True)
+    return live if all(isinstance(v, Tensor) for v in live.values()) else None
+
+
+_PLAIN_LOADERS = (torch.nn.Module._load_from_state_dict, torch.nn.modules.batchnorm._NormBase._load_from_state_dict)
+
+
+@torch.no_grad()
+def load_live(net: torch.nn.Module, live: dict[str, Tensor] | None, state: dict[str, Tensor]) -> None:
+    """``net.load_state_dict(state)`` (strict), by copying into the tensors of
+    :func:`live_state` when ``state`` has exactly their keys and shapes: one ``copy_`` per
+    tensor, without ``load_state_dict``'s module walk (which costs more than a small client's
+    step). Anything else goes through ``load_state_dict`` and its errors (``RuntimeError``
+    naming missing, unexpected or mis-shaped keys)."""
+    if (live is None or live.keys() != state.keys()
+            or any(t.shape != state[k].shape for k, t in live.items())):
+        net.load_state_dict(state)
+        return
+    for key, tensor in live.items():
+        tensor.copy_(state[key])
+
+
 def _check_finite(result: ClientResult) -> ClientResult | ClientFailure:
     bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
-    floats = [v for v in result.state.values() if v.is_floating_point()]
-    # one fused test in the common case; key by key only if a sum is not finite (NaN, inf, or overflow)
-    if floats and not torch.isfinite(torch.stack([v.sum(dtype=torch.float64) for v in floats])).all():
+    # the state is on the CPU: one sum per tensor, added up in Python (cheaper than stacking them);
+    # key by key only if the total is not finite (NaN, inf, or an overflowing sum)
+    if not math.isfinite(sum(v.sum().item() for v in result.state.values() if v.is_floating_point())):
         bad += [k for k, v in result.state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:
         return ClientFailure(result.cid, result.slot, f"non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
@@ -165,19 +212,52 @@ class LocalEpochs:
             yield from self.source
 
 
-class _SourceChain:
-    """The group's training data: Lightning epoch ``j`` has one item, client ``j``'s
-    :class:`LocalEpochs`. Lazy, like a DataLoader: Lightning may call ``iter`` more often than it
-    consumes."""
+class _GroupEpochs:
+    """A whole group's local updates as a single training-step item: the clients' local epochs
+    one after another; before a client's first epoch it swaps the client in (after collecting the
+    previous one: :meth:`_ClientSchedule.start`)."""
 
-    def __init__(self, schedule: _ClientSchedule, trainer: L.Trainer):
-        self.schedule, self.trainer = schedule, trainer
+    def __init__(self, schedule: _ClientSchedule, trainer: L.Trainer, module: L.LightningModule):
+        self.schedule, self.trainer, self.module = schedule, trainer, module
+
+    def __iter__(self):
+        schedule = self.schedule
+        for index in range(len(schedule.tasks)):
+            schedule.start(index, self.trainer, self.module)
+            yield from LocalEpochs(schedule.source(index), schedule.epochs)
+
+
+class _SourceChain:
+    """The group's training data, one item per Lightning epoch: client ``j``'s
+    :class:`LocalEpochs` in epoch ``j``, or, when the group is one epoch, a :class:`_GroupEpochs`.
+    Lazy, like a DataLoader: Lightning may call ``iter`` more often than it consumes."""
+
+    def __init__(self, schedule: _ClientSchedule, trainer: L.Trainer, module: L.LightningModule):
+        self.schedule, self.trainer, self.module = schedule, trainer, module
 
     def __len__(self) -> int:
         return 1
 
     def __iter__(self):
-        yield LocalEpochs(self.schedule.source(self.trainer.current_epoch), self.schedule.epochs)
+        if self.schedule.per_epoch:
+            yield LocalEpochs(self.schedule.source(self.trainer.current_epoch), self.schedule.epochs)
+        else:
+            yield _GroupEpochs(self.schedule, self.trainer, self.module)
+
+
+#: Lightning hooks that run once per epoch or per batch: when a callback or the client module
+#: implements one, each client gets a Lightning epoch of its own so that they run once per client.
+_CLIENT_HOOKS = ("on_train_epoch_start", "on_train_epoch_end", "on_train_batch_start", "on_train_batch_end")
+_MODULE_BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+
+
+def _hooks_per_client(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """Whether a callback of ``trainer`` or ``module`` itself (beyond :class:`ClientModule`)
+    implements an epoch or batch hook, which must then see each client."""
+    if any(is_overridden(hook, cb, L.Callback) for cb in trainer.callbacks for hook in _CLIENT_HOOKS):
+        return True
+    base = ClientModule if isinstance(module, ClientModule) else L.LightningModule
+    return any(is_overridden(hook, module, base) for hook in _CLIENT_HOOKS + _MODULE_BATCH_HOOKS)
 
 
 class LocalRunner:
@@ -193,9 +273,10 @@ class LocalRunner:
         seed: run seed; client ``c`` in round ``r`` draws its batch order and any other local
             randomness from ``derive_seed(seed, r, c)``.
         callbacks: Lightning callbacks for the local Trainer. In a group fit, ``on_fit_start`` /
-            ``on_train_start`` run once per group, the epoch and batch hooks once per client (one
-            Lightning epoch and step carry a client's local epochs) and the step hooks
-            (``on_before_backward``, ``on_before_optimizer_step``, ...) once per mini-batch.
+            ``on_train_start`` run once per group, the epoch and batch hooks once per client (a
+            callback that implements one gives each client a Lightning epoch and step of its own,
+            at about half a millisecond per client) and the step hooks (``on_before_backward``,
+            ``on_before_optimizer_step``, ...) once per mini-batch.
     """
 
     def __init__(self, module: L.LightningModule | dict[str, L.LightningModule], datamodule,
@@ -241,12 +322,13 @@ class LocalRunner:
         """One fit over ``tasks`` (one architecture). On an exception, returns the outcomes up
         to and including the failed client; the caller fits the rest again."""
         module = self.modules[tasks[0].arch]
-        schedule = _ClientSchedule(self, tasks, rnd)
+        per_epoch = _hooks_per_client(self.trainer, module)
+        schedule = _ClientSchedule(self, tasks, rnd, per_epoch)
         _rewind(self.trainer)
-        self.trainer.fit_loop.max_epochs = len(tasks)
+        self.trainer.fit_loop.max_epochs = len(tasks) if per_epoch else 1
         self.trainer.callbacks.append(schedule)
         try:
-            self.trainer.fit(module, train_dataloaders=_SourceChain(schedule, self.trainer))
+            self.trainer.fit(module, train_dataloaders=_SourceChain(schedule, self.trainer, module))
         except Exception as err:  # one client's crash must not end the run (policy: trainer)
             failed = tasks[max(schedule.current, 0)]
             text = str(err).strip().splitlines()

@@ -194,10 +194,12 @@ class ClientModule(L.LightningModule):
         if self._epoch_records:
             losses, preds, ys = zip(*self._epoch_records)
             self._epoch_records = []
-            sizes = torch.tensor([len(y) for y in ys], dtype=torch.float32, device=losses[0].device)
-            loss = (torch.stack(losses).float() * sizes).sum() / sizes.sum()
-            acc = (torch.cat(preds) == torch.cat(ys)).float().mean()
-            self._train_metrics = {"train_loss": float(loss), "train_acc": float(acc)}
+            counts = [len(y) for y in ys]
+            sizes = torch.tensor(counts, dtype=torch.float32, device=losses[0].device)
+            loss_sum = torch.dot(torch.stack(losses).float(), sizes)
+            correct = (torch.cat(preds) == torch.cat(ys)).sum()
+            loss_sum, correct = torch.stack([loss_sum, correct.float()]).tolist()  # one device sync
+            self._train_metrics = {"train_loss": loss_sum / sum(counts), "train_acc": correct / sum(counts)}
         return dict(self._train_metrics)
 
     def set_local_options(self, accumulate_grad_batches: int = 1, gradient_clip_val: float | None = None,
@@ -218,23 +220,27 @@ class ClientModule(L.LightningModule):
     def local_step(self, batch: tuple[Tensor, Tensor], optimizer, first: bool, last: bool, scale: float) -> Tensor:
         """One mini-batch of a local epoch: backward of ``batch_loss * scale``; the optimizer steps
         when ``last`` (end of an accumulation group) and gradients are cleared when ``first``.
-        Objectives that combine several gradients by hand (FedIN) override this."""
-        if first:
-            optimizer.zero_grad(set_to_none=True)
-        loss = self.batch_loss(batch)
-        scaled = loss * scale if scale != 1.0 else loss
+        ``optimizer`` is the ``LightningOptimizer``. Objectives that combine several gradients by
+        hand (FedIN) override this."""
         if self._direct:  # what Lightning's fp32 precision plugin does, without its dispatch
+            raw = optimizer.optimizer
+            if first:
+                raw.zero_grad(set_to_none=True)
+            loss = self.batch_loss(batch)
+            scaled = loss * scale if scale != 1.0 else loss
             self.on_before_backward(scaled)
             self.backward(scaled)
             self.on_after_backward()
-        else:
-            self.manual_backward(scaled)
+            if last:
+                self.on_before_optimizer_step(raw)
+                raw.step()
+            return loss
+        if first:
+            optimizer.zero_grad(set_to_none=True)
+        loss = self.batch_loss(batch)
+        self.manual_backward(loss * scale if scale != 1.0 else loss)
         if last:
-            if self._direct:
-                self.on_before_optimizer_step(optimizer.optimizer)
-                optimizer.optimizer.step()
-            else:
-                optimizer.step()
+            optimizer.step()
         return loss
 
     def _plain_steps(self) -> bool:

@@ -1,3 +1,4 @@
+import pytest
 import lightning as L
 import torch
 
@@ -125,3 +126,71 @@ def test_gradient_clipping_bounds_each_step():
     res = runner.fit(ClientTask(cid=2, state=init), 0)  # one mini-batch: one step
     step = torch.cat([(res.state[n] - init[n]).flatten() for n, _ in net.named_parameters()])
     assert 0 < step.norm() <= 1e-3 * (1 + 1e-4)
+
+
+class EpochWatcher(L.Callback):
+    """Implements an epoch hook, so each client of a group fit gets a Lightning epoch of its own."""
+
+    def __init__(self):
+        self.ends = 0
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.ends += 1
+
+
+def test_epoch_hooks_see_every_client_and_training_is_the_same_either_way():
+    """Without epoch or batch hooks a group is one Lightning epoch; with one (a callback's
+    on_train_epoch_end) each client is an epoch of its own. The outcomes are identical."""
+    dm = Digits(num_clients=10, batch_size=20, seed=0)
+    dm.setup()
+    make = lambda: ClientModule(CNN(1, 10, 8), optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9))
+    torch.manual_seed(0)
+    plain_module = make()
+    init = {k: v.clone() for k, v in plain_module.net.state_dict().items()}
+    tasks = [ClientTask(cid=c, state=init, slot=i) for i, c in enumerate([3, 0, 7, 5])]
+    plain = LocalRunner(plain_module, dm, {"max_epochs": 2}, seed=1).fit_many(tasks, 2)
+    watcher = EpochWatcher()
+    watched = LocalRunner(make(), dm, {"max_epochs": 2}, seed=1, callbacks=[watcher]).fit_many(tasks, 2)
+    assert watcher.ends == len(tasks)
+    for a, b in zip(plain, watched):
+        assert (a.cid, a.slot, a.num_samples, a.metrics) == (b.cid, b.slot, b.num_samples, b.metrics)
+        assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_fast_weight_loading_is_load_state_dict():
+    """load_live copies into the net's own tensors (BatchNorm buffers included) exactly as
+    load_state_dict; a state of the wrong keys or shapes gets load_state_dict's error."""
+    from flcore.local import live_state, load_live
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    net.to(memory_format=torch.channels_last)
+    other = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    other[1].running_mean.fill_(0.5)
+    other[1].num_batches_tracked.fill_(7)
+    state = other.state_dict()
+    live = live_state(net)
+    assert live is not None and live.keys() == state.keys()
+    load_live(net, live, state)
+    assert all(torch.equal(net.state_dict()[k], state[k]) for k in state)
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)  # copied into, not replaced
+    bad = dict(state, **{"3.weight": torch.zeros(3, 9)})
+    with pytest.raises(RuntimeError, match="size mismatch for 3.weight"):
+        load_live(net, live, bad)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_live(net, live, {k: v for k, v in state.items() if k != "3.bias"})
+    net[3].register_load_state_dict_post_hook(lambda module, keys: None)
+    assert live_state(net) is None  # hooks: always through load_state_dict
+
+
+def test_a_non_finite_weight_fails_the_client_and_a_large_one_does_not():
+    from flcore.local import _check_finite
+    from flcore.messages import ClientFailure, ClientResult
+
+    def result(w):
+        return ClientResult(cid=3, slot=0, state={"w": w, "n": torch.tensor(4)}, num_samples=5,
+                            metrics={"train_loss": 0.1}, payload={})
+
+    assert isinstance(_check_finite(result(torch.tensor([1.0, float("nan")]))), ClientFailure)
+    assert "non-finite w" in _check_finite(result(torch.tensor([float("inf"), 0.0]))).reason
+    big = result(torch.full((4,), 3e38))  # finite, but its sum overflows float32
+    assert _check_finite(big) is big
