@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import warnings
 from typing import Any
 
@@ -67,6 +68,18 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=pattern)
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def cheap_cuda_probe() -> None:
+    """On a machine without a CUDA device, make ``torch.cuda.is_available()`` cheap again.
+
+    Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (so that asking does not initialise CUDA
+    before a fork); with a CUDA build of PyTorch and no NVIDIA driver, every call then fails to
+    ``dlopen`` NVML, about 2 ms, and every ``Trainer.fit`` asks (``isolate_rng``). Without a
+    device there is nothing to initialise and no fork to protect, so the variable is set back to
+    ``0`` and CUDA's own (cached) answer is used. Machines with a device are left alone."""
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
 
 
 def _rewind(trainer: L.Trainer) -> None:
@@ -283,6 +296,7 @@ class LocalRunner:
                  trainer_kwargs: dict[str, Any] | None,
                  seed: int, callbacks: list | None = None):
         quiet_lightning()
+        cheap_cuda_probe()
         self.trainer_kwargs, self.callbacks = dict(trainer_kwargs or {}), list(callbacks or [])
         kwargs = {**DEFAULT_LOCAL, **(trainer_kwargs or {})}
         # Client modules optimize manually (one Lightning step = one local epoch), so Lightning

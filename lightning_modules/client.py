@@ -40,6 +40,11 @@ __all__ = ["ClientModule", "default_optimizer"]
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
+def _classes(records: Tensor) -> Tensor:
+    """Predicted classes from recorded ``(B, C)`` logits, or the classes themselves."""
+    return records.argmax(1) if records.is_floating_point() else records
+
+
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     """SGD with learning rate 0.01 and momentum 0.5 (FedCross paper, Sec. IV-A)."""
     return torch.optim.SGD(params, lr=0.01, momentum=0.5)
@@ -159,9 +164,11 @@ class ClientModule(L.LightningModule):
         return loss
 
     def _record(self, loss: Tensor, logits: Tensor, y: Tensor) -> None:
-        """Keep a mini-batch's loss, predicted classes and labels; the TorchMetrics states are
-        updated once per epoch (:meth:`_log_epoch`), not once per step."""
-        self._epoch_records.append((loss.detach(), logits.detach().argmax(1), y))
+        """Keep a mini-batch's loss, labels and, in training, its logits (the predicted classes
+        are taken when the metrics are read, so only for the last local epoch); in evaluation its
+        predicted classes. The TorchMetrics states are updated once per epoch (:meth:`_log_epoch`),
+        not once per step."""
+        self._epoch_records.append((loss.detach(), logits.detach() if self.training else logits.detach().argmax(1), y))
 
     def _flush_records(self) -> None:
         if not self._epoch_records:
@@ -170,7 +177,7 @@ class ClientModule(L.LightningModule):
         self._epoch_records = []
         sizes = torch.tensor([len(y) for y in ys], dtype=torch.float32, device=losses[0].device)
         self.loss_mean.update(torch.stack(losses).float(), weight=sizes)
-        self.acc.update(torch.cat(preds), torch.cat(ys))
+        self.acc.update(_classes(torch.cat(preds)), torch.cat(ys))
 
     def _compute_metrics(self) -> tuple[Tensor, Tensor]:
         self._flush_records()
@@ -197,7 +204,7 @@ class ClientModule(L.LightningModule):
             counts = [len(y) for y in ys]
             sizes = torch.tensor(counts, dtype=torch.float32, device=losses[0].device)
             loss_sum = torch.dot(torch.stack(losses).float(), sizes)
-            correct = (torch.cat(preds) == torch.cat(ys)).sum()
+            correct = (_classes(torch.cat(preds)) == torch.cat(ys)).sum()
             loss_sum, correct = torch.stack([loss_sum, correct.float()]).tolist()  # one device sync
             self._train_metrics = {"train_loss": loss_sum / sum(counts), "train_acc": correct / sum(counts)}
         return dict(self._train_metrics)

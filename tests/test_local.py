@@ -1,3 +1,4 @@
+import os
 import pytest
 import lightning as L
 import torch
@@ -194,3 +195,15 @@ def test_a_non_finite_weight_fails_the_client_and_a_large_one_does_not():
     assert "non-finite w" in _check_finite(result(torch.tensor([float("inf"), 0.0]))).reason
     big = result(torch.full((4,), 3e38))  # finite, but its sum overflows float32
     assert _check_finite(big) is big
+
+
+def test_cuda_probe_is_made_cheap_only_without_a_device(monkeypatch):
+    from flcore.local import cheap_cuda_probe
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cheap_cuda_probe()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # a device: Lightning's fork-safe check stays
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cheap_cuda_probe()
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "0"
