@@ -1,6 +1,6 @@
 """Speed benchmark: flcore against the physical limits of this machine.
 
-Four sections (``--sections``), each printed as a table and written to ``--out`` (JSON):
+Seven sections (``--sections``), each printed as a table and written to ``--out`` (JSON):
 
 1. ``local``: the same client work run (a) by flcore's ``SequentialExecutor`` through the reusable
    Lightning Trainer and (b) by a hand-written PyTorch loop on the same tensors (same model,
@@ -29,6 +29,12 @@ Four sections (``--sections``), each printed as a table and written to ``--out``
 6. ``scaling``: LeNet-CNN rounds per second of the process pool and Ray with 2 workers x 1 thread
    against 1 worker x 1 thread (and the sequential executor at 1 and 2 threads), Fashion-MNIST,
    100 clients Dir(0.1), 10 per round, E = 5. Target >= 1.7x.
+
+7. ``layout``: channels-last against the default (contiguous) memory format for the conv nets
+   (LeNet, FedAvg CNN, ResNet-20 and VGG-16 on 32x32x3 and the two CNNs on 28x28x1 too): median
+   seconds of 20 SGD steps at B = 50 (forward, cross-entropy, backward, step), alternating.
+   Speed-up = contiguous time / channels-last time; the configs turn channels-last on where it
+   is >= 1.05 on this CPU.
 
 Scaled-down by default to fit a few minutes on 2 CPU cores (stated in the output); ``--full``
 uses the issue's sizes (local: 10 clients x 500 samples x 5 epochs; rounds: 5 local epochs).
@@ -444,6 +450,49 @@ def section_scaling(args) -> list[dict]:
     return rows
 
 
+LAYOUT_MODELS = {
+    "LeNet 28x28x1": (lambda: LeNetCNN(1, 10, 28), (1, 28, 28)),
+    "FedAvg CNN 28x28x1": (lambda: CNN(1, 10, 28), (1, 28, 28)),
+    "LeNet 32x32x3": (lambda: LeNetCNN(3, 10, 32), (3, 32, 32)),
+    "FedAvg CNN 32x32x3": (lambda: CNN(3, 10, 32), (3, 32, 32)),
+    "ResNet-20 32x32x3": (lambda: ResNet20(3, 10), (3, 32, 32)),
+    "VGG-16 32x32x3": (lambda: VGG16(3, 10), (3, 32, 32)),
+}
+
+
+def _steps_time(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> float:
+    opt = _sgd(net.parameters())
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return time.perf_counter() - t0
+
+
+def section_layout(args) -> list[dict]:
+    """Channels-last against contiguous, per conv net (hand-written SGD steps, B = 50)."""
+    rows = []
+    steps = 20 if args.full else 6
+    for name, (make, shape) in LAYOUT_MODELS.items():
+        torch.manual_seed(0)
+        x, y = torch.randn(50, *shape), torch.randint(0, 10, (50,))
+        plain, last = make(), make().to(memory_format=torch.channels_last)
+        x_last = x.contiguous(memory_format=torch.channels_last)
+        _steps_time(plain, x, y, 2), _steps_time(last, x_last, y, 2)  # warm-up
+        t_plain, t_last = [], []
+        for rep in range(args.repeats + 2):
+            order = [(plain, x, t_plain), (last, x_last, t_last)]
+            for net, inputs, times in (order if rep % 2 else order[::-1]):
+                times.append(_steps_time(net, inputs, y, steps) / steps)
+        a, b = statistics.median(t_plain), statistics.median(t_last)
+        rows.append({"model": name, "contiguous_ms_per_step": a * 1e3, "channels_last_ms_per_step": b * 1e3,
+                     "speedup": a / b, "torch_threads": torch.get_num_threads()})
+        _print_row(rows[-1], ["model", "contiguous_ms_per_step", "channels_last_ms_per_step", "speedup"])
+    return rows
+
+
 def _print_row(row: dict, keys: list[str]) -> None:
     parts = []
     for key in keys:
@@ -454,8 +503,8 @@ def _print_row(row: dict, keys: list[str]) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sections", nargs="+", default=["local", "server", "memory", "rounds", "round", "scaling"],
-                   choices=["local", "server", "memory", "rounds", "round", "scaling"])
+    sections = ["local", "server", "memory", "rounds", "round", "scaling", "layout"]
+    p.add_argument("--sections", nargs="+", default=sections, choices=sections)
     p.add_argument("--round-cases", nargs="+", default=list(ROUND_TARGETS), choices=list(ROUND_TARGETS))
     p.add_argument("--round-repeats", type=int, default=8, help="rounds per case in the round and scaling sections")
     p.add_argument("--repeats", type=int, default=3)
