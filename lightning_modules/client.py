@@ -7,14 +7,16 @@ The federated trainer reuses one instance for every client: it loads the dispatc
 (FedProx, SCAFFOLD, MOON, ...) subclass it and override :meth:`ClientModule.training_loss` (or
 :meth:`ClientModule.batch_loss` when they need more than the logits).
 
-Speed: the module uses Lightning's manual optimization, and one Lightning training step is one
-local epoch: the batch it receives is that epoch's list of mini-batches (from
+Speed: the module uses Lightning's manual optimization, and one Lightning training step carries
+at least one local epoch: the batch it receives is an epoch's list of mini-batches (from
 :class:`datamodules.ShuffledEpochs`, or any list of ``(x, y)`` pairs; a plain ``(x, y)`` batch from
-a DataLoader works too). Each mini-batch is one SGD step through ``manual_backward`` and the
-LightningOptimizer, so precision plugins (AMP gradient scaling), ``on_before_backward``,
-``on_after_backward`` and ``on_before_optimizer_step`` hooks behave as under automatic
-optimization, while the Trainer's per-step loop machinery (about 1 ms per step on a CPU, more
-than a small model's whole step) runs once per epoch. Gradient accumulation and clipping, which
+a DataLoader works too), or an iterable of such epochs (in the federated loop, a client's whole
+local update or a whole group of clients', see :mod:`flcore.local`). Each mini-batch is one SGD
+step through ``manual_backward`` and the LightningOptimizer (or, under plain fp32 with no callback
+on the step hooks, the same hooks called directly), so precision plugins (AMP gradient scaling),
+``on_before_backward``, ``on_after_backward`` and ``on_before_optimizer_step`` hooks behave as
+under automatic optimization, while the Trainer's per-step loop machinery (about 1 ms per step on
+a CPU, more than a small model's whole step) runs once per Lightning step. Gradient accumulation and clipping, which
 Lightning refuses to automate under manual optimization, are done here (:meth:`set_local_options`).
 """
 
