@@ -177,14 +177,16 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path, title: str | None 
     for run in runs:
         if run["curve"]:
             groups.setdefault(run["group"], []).append(dict(run["curve"]))
-    for group, curves in groups.items():
+    for i, (group, curves) in enumerate(groups.items()):
         rounds = sorted(set.intersection(*(set(c) for c in curves)))
         acc = np.array([[c[r] for r in rounds] for c in curves]) * 100
         mean = acc.mean(0)
-        ax.plot(rounds, mean, label=f"{group} (n={len(curves)})", linewidth=1.2)
+        # ten colours, then the same colours dashed, dotted, ...: every group stays distinguishable
+        color, style = f"C{i % 10}", ("-", "--", ":", "-.")[i // 10 % 4]
+        ax.plot(rounds, mean, label=f"{group} (n={len(curves)})", linewidth=1.2, color=color, linestyle=style)
         if len(curves) > 1:
             std = acc.std(0, ddof=1)
-            ax.fill_between(rounds, mean - std, mean + std, alpha=0.2)
+            ax.fill_between(rounds, mean - std, mean + std, alpha=0.2, color=color)
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
