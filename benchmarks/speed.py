@@ -116,6 +116,14 @@ MODELS = {
 _sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.5)
 
 
+def _sgd_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One hand-written mini-batch step: forward, cross-entropy, backward, optimizer step."""
+    loss = F.cross_entropy(net(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def hand_loop(net: nn.Module, dm: FederatedDataModule, clients: list[int], state, epochs: int, channels_last: bool):
     """What a researcher would write by hand: the floor flcore is measured against."""
     out = []
@@ -132,10 +140,7 @@ def hand_loop(net: nn.Module, dm: FederatedDataModule, clients: list[int], state
                 x, y = dm.x_train[b], dm.y_train[b]
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                loss = F.cross_entropy(net(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                _sgd_step(net, opt, x, y)
         out.append({k: v.detach().clone() for k, v in net.state_dict().items()})
     return out
 
@@ -464,10 +469,7 @@ def _steps_time(net: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) ->
     opt = _sgd(net.parameters())
     t0 = time.perf_counter()
     for _ in range(steps):
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _sgd_step(net, opt, x, y)
     return time.perf_counter() - t0
 
 

@@ -106,27 +106,30 @@ class _ClientSchedule(L.Callback):
         self.current = -1  # index of the client in training
         self.outcomes: list[ClientResult | ClientFailure] = []
         self.live: dict[str, Tensor] | None = None  # the net's state tensors, taken once the net is on its device
+        self.trainer: L.Trainer | None = None  # the fit's trainer and module, from on_train_start
+        self.module: L.LightningModule | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self.trainer, self.module = trainer, pl_module
         self.live = live_state(pl_module.net)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if self.per_epoch:
-            self.start(trainer.current_epoch, trainer, pl_module)
+            self.start(trainer.current_epoch)
 
-    def start(self, index: int, trainer, pl_module) -> None:
+    def start(self, index: int) -> None:
         """Collect the client in training, then make client ``index`` the one in training."""
-        self._finish(pl_module)
+        self._finish()
         self.current = index
-        task = self.tasks[index]
-        load_live(pl_module.net, self.live, task.state)
-        if pl_module.keeps_client_state:
-            pl_module.load_client_state(task.client_state)
-        pl_module.configure_client(task.payload)
-        for optimizer in trainer.optimizers:  # a fresh optimizer for every client, as in the papers
+        task, module = self.tasks[index], self.module
+        load_live(module.net, self.live, task.state)
+        if module.keeps_client_state:
+            module.load_client_state(task.client_state)
+        module.configure_client(task.payload)
+        for optimizer in self.trainer.optimizers:  # a fresh optimizer for every client, as in the papers
             optimizer.state.clear()
         _seed_local_rng(self._seed(index))
-        pl_module.on_client_start()
+        module.on_client_start()
 
     def _seed(self, index: int) -> int:
         if index not in self.seeds:
@@ -143,13 +146,13 @@ class _ClientSchedule(L.Callback):
         return self.sources[index]
 
     def on_train_end(self, trainer, pl_module) -> None:
-        self._finish(pl_module)
+        self._finish()
 
-    def _finish(self, module) -> None:
+    def _finish(self) -> None:
         """Collect the client in training (after its last epoch) as a result or a failure."""
         if self.current < 0 or len(self.outcomes) > self.current:
             return
-        task = self.tasks[self.current]
+        task, module = self.tasks[self.current], self.module
         live = self.live if self.live is not None else module.net.state_dict()
         state = {k: v.detach().to("cpu", copy=True) for k, v in live.items()}
         upload = module.client_upload()
@@ -230,13 +233,13 @@ class _GroupEpochs:
     one after another; before a client's first epoch it swaps the client in (after collecting the
     previous one: :meth:`_ClientSchedule.start`)."""
 
-    def __init__(self, schedule: _ClientSchedule, trainer: L.Trainer, module: L.LightningModule):
-        self.schedule, self.trainer, self.module = schedule, trainer, module
+    def __init__(self, schedule: _ClientSchedule):
+        self.schedule = schedule
 
     def __iter__(self):
         schedule = self.schedule
         for index in range(len(schedule.tasks)):
-            schedule.start(index, self.trainer, self.module)
+            schedule.start(index)
             yield from LocalEpochs(schedule.source(index), schedule.epochs)
 
 
@@ -245,8 +248,8 @@ class _SourceChain:
     :class:`LocalEpochs` in epoch ``j``, or, when the group is one epoch, a :class:`_GroupEpochs`.
     Lazy, like a DataLoader: Lightning may call ``iter`` more often than it consumes."""
 
-    def __init__(self, schedule: _ClientSchedule, trainer: L.Trainer, module: L.LightningModule):
-        self.schedule, self.trainer, self.module = schedule, trainer, module
+    def __init__(self, schedule: _ClientSchedule, trainer: L.Trainer):
+        self.schedule, self.trainer = schedule, trainer
 
     def __len__(self) -> int:
         return 1
@@ -255,7 +258,7 @@ class _SourceChain:
         if self.schedule.per_epoch:
             yield LocalEpochs(self.schedule.source(self.trainer.current_epoch), self.schedule.epochs)
         else:
-            yield _GroupEpochs(self.schedule, self.trainer, self.module)
+            yield _GroupEpochs(self.schedule)
 
 
 #: Lightning hooks that run once per epoch or per batch: when a callback or the client module
@@ -342,7 +345,7 @@ class LocalRunner:
         self.trainer.fit_loop.max_epochs = len(tasks) if per_epoch else 1
         self.trainer.callbacks.append(schedule)
         try:
-            self.trainer.fit(module, train_dataloaders=_SourceChain(schedule, self.trainer, module))
+            self.trainer.fit(module, train_dataloaders=_SourceChain(schedule, self.trainer))
         except Exception as err:  # one client's crash must not end the run (policy: trainer)
             failed = tasks[max(schedule.current, 0)]
             text = str(err).strip().splitlines()

@@ -231,25 +231,22 @@ class ClientModule(L.LightningModule):
         when ``last`` (end of an accumulation group) and gradients are cleared when ``first``.
         ``optimizer`` is the ``LightningOptimizer``. Objectives that combine several gradients by
         hand (FedIN) override this."""
-        if self._direct:  # what Lightning's fp32 precision plugin does, without its dispatch
-            raw = optimizer.optimizer
-            if first:
-                raw.zero_grad(set_to_none=True)
-            loss = self.batch_loss(batch)
-            scaled = loss * scale if scale != 1.0 else loss
+        direct = self._direct  # what Lightning's fp32 precision plugin does, without its dispatch
+        opt = optimizer.optimizer if direct else optimizer
+        if first:
+            opt.zero_grad(set_to_none=True)
+        loss = self.batch_loss(batch)
+        scaled = loss * scale if scale != 1.0 else loss
+        if direct:
             self.on_before_backward(scaled)
             self.backward(scaled)
             self.on_after_backward()
-            if last:
-                self.on_before_optimizer_step(raw)
-                raw.step()
-            return loss
-        if first:
-            optimizer.zero_grad(set_to_none=True)
-        loss = self.batch_loss(batch)
-        self.manual_backward(loss * scale if scale != 1.0 else loss)
+        else:
+            self.manual_backward(scaled)
         if last:
-            optimizer.step()
+            if direct:
+                self.on_before_optimizer_step(opt)
+            opt.step()
         return loss
 
     def _plain_steps(self) -> bool:
