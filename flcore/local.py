@@ -31,7 +31,7 @@ from torch import Tensor
 from datamodules.base import ShuffledEpochs
 from flcore.seeding import STREAM_CLIENT, derive_seed
 from flcore.messages import ClientFailure, ClientResult, ClientTask
-from lightning_modules.client import ClientModule
+from lightning_modules.client import ClientModule, EarlierEpoch
 
 __all__ = ["LocalRunner", "LocalEpochs", "DEFAULT_LOCAL", "quiet_lightning"]
 
@@ -216,16 +216,18 @@ def _seed_local_rng(seed: int) -> None:
 
 class LocalEpochs:
     """One client's local update as a single training-step item: iterating it yields ``epochs``
-    local epochs of ``source``, each a list of ``(x, y)`` mini-batches, drawn lazily (one epoch's
-    gathered samples in memory at a time). Not a collection, so Lightning hands it to the training
+    local epochs of ``source``, each a list of ``(x, y)`` mini-batches (all but the last as
+    :class:`~lightning_modules.client.EarlierEpoch`, whose metrics the module does not keep), drawn
+    lazily (one epoch's gathered samples in memory at a time). Not a collection, so Lightning hands it to the training
     step as it is; :meth:`ClientModule.training_step` moves each epoch to the device."""
 
     def __init__(self, source: ShuffledEpochs, epochs: int):
         self.source, self.epochs = source, epochs
 
     def __iter__(self):
-        for _ in range(self.epochs):
-            yield from self.source
+        for e in range(self.epochs):
+            for batches in self.source:
+                yield batches if e == self.epochs - 1 else EarlierEpoch(batches)
 
 
 class _GroupEpochs:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ["ClientModule", "default_optimizer"]
+__all__ = ["ClientModule", "EarlierEpoch", "default_optimizer"]
 
 #: Callback hooks that Lightning calls on every optimizer step under manual optimization.
 _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
@@ -45,6 +45,14 @@ _STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_s
 def _classes(records: Tensor) -> Tensor:
     """Predicted classes from recorded ``(B, C)`` logits, or the classes themselves."""
     return records.argmax(1) if records.is_floating_point() else records
+
+
+class EarlierEpoch(list):
+    """A local epoch's mini-batches (a list of ``(x, y)`` pairs) that is not the client's last
+    local epoch: :meth:`ClientModule.training_step` trains on it without recording its metrics,
+    since :attr:`ClientModule.train_metrics` describe the last local epoch only. Keeping each
+    step's loss and logits costs a few microseconds a step, a visible share of a small model's
+    step (:class:`flcore.local.LocalEpochs` marks a client's earlier epochs with it)."""
 
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
@@ -97,6 +105,7 @@ class ClientModule(L.LightningModule):
         self._epoch_records: list[tuple[Tensor, Tensor, Tensor]] = []
         self._train_metrics: dict[str, float] = {}
         self._direct = False  # per fit: see _plain_steps
+        self._recording = True  # whether training steps keep their metrics (EarlierEpoch)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -169,7 +178,9 @@ class ClientModule(L.LightningModule):
         """Keep a mini-batch's loss, labels and, in training, its logits (the predicted classes
         are taken when the metrics are read, so only for the last local epoch); in evaluation its
         predicted classes. The TorchMetrics states are updated once per epoch (:meth:`_log_epoch`),
-        not once per step."""
+        not once per step. Nothing is kept in training on an :class:`EarlierEpoch`."""
+        if self.training and not self._recording:
+            return
         self._epoch_records.append((loss.detach(), logits.detach() if self.training else logits.detach().argmax(1), y))
 
     def _flush_records(self) -> None:
@@ -204,11 +215,10 @@ class ClientModule(L.LightningModule):
             losses, preds, ys = zip(*self._epoch_records)
             self._epoch_records = []
             counts = [len(y) for y in ys]
-            sizes = torch.tensor(counts, dtype=torch.float32, device=losses[0].device)
-            loss_sum = torch.dot(torch.stack(losses).float(), sizes)
-            correct = (_classes(torch.cat(preds)) == torch.cat(ys)).sum()
-            loss_sum, correct = torch.stack([loss_sum, correct.float()]).tolist()  # one device sync
-            self._train_metrics = {"train_loss": loss_sum / sum(counts), "train_acc": correct / sum(counts)}
+            correct = int((_classes(torch.cat(preds)) == torch.cat(ys)).sum())
+            losses = torch.stack(losses).tolist()
+            n = sum(counts)
+            self._train_metrics = {"train_loss": sum(l * c for l, c in zip(losses, counts)) / n, "train_acc": correct / n}
         return dict(self._train_metrics)
 
     def set_local_options(self, accumulate_grad_batches: int = 1, gradient_clip_val: float | None = None,
@@ -276,6 +286,7 @@ class ClientModule(L.LightningModule):
         optimizer = self.optimizers()
         loss = None
         for epoch in epochs:
+            self._recording = not isinstance(epoch, EarlierEpoch)
             if not moved and epoch and epoch[0][0].device != self.device:
                 epoch = self.trainer.strategy.batch_to_device(epoch)
             self.on_local_epoch_start()

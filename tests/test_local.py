@@ -7,6 +7,7 @@ from datamodules import Digits
 from flcore.local import LocalRunner
 from flcore.strategies import ClientTask
 from lightning_modules import ClientModule
+from lightning_modules.client import EarlierEpoch
 from lightning_modules.models import CNN
 
 
@@ -75,6 +76,39 @@ def test_group_fit_equals_one_fit_per_client():
         assert (g.cid, g.slot, g.num_samples) == (s.cid, s.slot, s.num_samples)
         assert all(torch.equal(g.state[k], s.state[k]) for k in s.state)
         assert g.metrics == s.metrics
+
+
+class _Epochs:
+    """Several local epochs as one training-step item (not a collection, as LocalEpochs)."""
+
+    def __init__(self, epochs):
+        self.epochs = epochs
+
+    def __iter__(self):
+        return iter(self.epochs)
+
+
+def test_train_metrics_are_the_last_local_epochs_sample_weighted_means():
+    """Earlier epochs (EarlierEpoch) train but are not recorded; the metrics weight each
+    mini-batch's loss by its size. lr = 0 keeps the net fixed, so the values can be computed by hand."""
+    torch.manual_seed(0)
+    module = ClientModule(CNN(1, 10, 8), optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    earlier = EarlierEpoch([(x[:8], y[:8])])
+    last = [(x[8:13], y[8:13]), (x[13:], y[13:])]  # sizes 5 and 3
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([_Epochs([earlier, last])], batch_size=None, collate_fn=lambda b: b))
+    with torch.no_grad():
+        logits = module.net(x[8:])
+        losses = [torch.nn.functional.cross_entropy(logits[:5], y[8:13]).item(),
+                  torch.nn.functional.cross_entropy(logits[5:], y[13:]).item()]
+        acc = (logits.argmax(1) == y[8:]).float().mean().item()
+    metrics = module.train_metrics
+    assert metrics["train_loss"] == pytest.approx((5 * losses[0] + 3 * losses[1]) / 8, rel=1e-6)
+    assert metrics["train_acc"] == pytest.approx(acc)
+    whole = torch.nn.functional.cross_entropy(module.net(x), y).item()
+    assert metrics["train_loss"] != pytest.approx(whole, rel=1e-6)  # the earlier epoch is left out
 
 
 class _Unreadable(Digits):
