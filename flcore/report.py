@@ -13,9 +13,11 @@ the papers' best test accuracy (the maximum over rounds, selected on the test se
 made with ``trainer.report_best_test``), rounds to each target test accuracy (the first evaluated
 round at or above it; mean over the runs that reach it, with how many did), the standard
 deviation of the last ``--last`` evaluations' test accuracy (smoothness), megabytes sent (down +
-up) and wall time. With ``--baseline GROUP``, a convergence speed relative to that group at the
-first target: ``rounds_to(baseline) / rounds_to(group)`` (the FedIN paper's Table 1 "Speed",
-FedAvg = x1.0; above 1 is faster).
+up) and wall time. With ``--baseline GROUP``: the round from which each group overtakes that group
+for good (:func:`overtakes_at`: its mean curve, smoothed over ``--last`` evaluations, stays at or
+above the baseline's to the end; "never" if it ends below), and, with ``--target``, a
+convergence speed relative to it at the first target: ``rounds_to(baseline) / rounds_to(group)``
+(the FedIN paper's Table 1 "Speed", FedAvg = x1.0; above 1 is faster).
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_runs", "summarize", "relative_speed", "markdown_table", "plot_curves", "main"]
+import numpy as np
+
+__all__ = ["load_runs", "summarize", "relative_speed", "mean_curve", "overtakes_at", "overtaking", "markdown_table",
+           "plot_curves", "main"]
 
 _SEED = re.compile(r"__seed=[^_]+")
 
@@ -110,6 +115,64 @@ def relative_speed(rows: list[dict[str, Any]], baseline: str, target: float) -> 
         r["speed"] = (b / mine) if (b is not None and mine) else None
 
 
+def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], np.ndarray]:
+    """The rounds that every curve evaluated, and the accuracies there: an array of shape
+    ``(len(curves), len(rounds))`` (average over axis 0 for a group's mean curve)."""
+    maps = [dict(c) for c in curves]
+    rounds = sorted(set.intersection(*(set(m) for m in maps))) if maps else []
+    return rounds, np.array([[m[r] for r in rounds] for m in maps], dtype=float).reshape(len(maps), len(rounds))
+
+
+def overtakes_at(curve: list[tuple[int, float]], base: list[tuple[int, float]], window: int) -> int | None:
+    """The round from which ``curve`` stays at or above ``base`` to their last shared round, both
+    smoothed by a trailing mean over ``window`` evaluations (the first smoothed round when it is
+    never below); ``None`` when it ends below (or they share fewer than ``window`` rounds).
+    Answers "whether and at what round a method overtakes FedAvg" on the smoothed curves, so one
+    round's luck neither makes nor breaks it.
+
+    Raises:
+        ValueError: ``window`` < 1.
+    """
+    if window < 1:
+        raise ValueError(f"--last: must be >= 1, got {window}")
+    mine, theirs = dict(curve), dict(base)
+    rounds = sorted(set(mine) & set(theirs))
+    if len(rounds) < window:
+        return None
+    kernel = np.ones(window) / window
+    diff = (np.convolve([mine[r] for r in rounds], kernel, "valid")
+            - np.convolve([theirs[r] for r in rounds], kernel, "valid"))
+    smoothed_rounds = rounds[window - 1:]
+    if diff[-1] < 0:
+        return None
+    below = np.flatnonzero(diff < 0)
+    return smoothed_rounds[below[-1] + 1] if below.size else smoothed_rounds[0]
+
+
+def overtaking(rows: list[dict[str, Any]], runs: list[dict[str, Any]], baseline: str, window: int) -> None:
+    """Add ``row["overtakes_round"]`` (:func:`overtakes_at` on the group mean curves, over the
+    rounds all runs of both groups evaluated; ``None``: never) and ``row["overtakes_baseline"]``.
+
+    Raises:
+        ValueError: no group named ``baseline``.
+    """
+    curves: dict[str, list[list[tuple[int, float]]]] = {}
+    for run in runs:
+        if run["curve"]:
+            curves.setdefault(run["group"], []).append(run["curve"])
+    if baseline not in {r["group"] for r in rows}:
+        raise ValueError(f"--baseline: no run group {baseline!r}; groups: {[r['group'] for r in rows]}")
+
+    def mean(group):
+        rounds, acc = mean_curve(curves.get(group, []))
+        return list(zip(rounds, acc.mean(0))) if rounds else []
+
+    base = mean(baseline)
+    for r in rows:
+        r["overtakes_baseline"] = baseline
+        r["overtakes_round"] = None if r["group"] == baseline else overtakes_at(mean(r["group"]), base, window)
+
+
 def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
     m, s = ms
     if math.isnan(m):
@@ -122,7 +185,9 @@ def markdown_table(rows: list[dict[str, Any]], targets: tuple[float, ...] = (), 
     head = ["run group", "runs", "rounds", "final test acc (%)", f"mean of last {last} evals (%)",
             "test acc at best val (%)", "best test acc, papers' protocol (%)",
             *[f"rounds to {100 * t:g} %" for t in targets],
-            *([f"speed vs baseline at {100 * targets[0]:g} %"] if rows and "speed" in rows[0] else []), f"std of last {last} evals (pts)", "MB sent", "wall (s)"]
+            *([f"speed vs baseline at {100 * targets[0]:g} %"] if rows and "speed" in rows[0] else []),
+            *([f"overtakes {rows[0]['overtakes_baseline']} at round"] if rows and "overtakes_round" in rows[0] else []),
+            f"std of last {last} evals (pts)", "MB sent", "wall (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["group"], str(r["runs"]), str(r["rounds"]), _fmt(r["final_test_acc"], 100),
@@ -133,6 +198,9 @@ def markdown_table(rows: list[dict[str, Any]], targets: tuple[float, ...] = (), 
             cells.append("never" if mean is None else f"{mean:.0f} ({hit}/{r['runs']})")
         if "speed" in r:
             cells.append("—" if r["speed"] is None else f"x{r['speed']:.1f}")
+        if "overtakes_round" in r:
+            over = r["overtakes_round"]
+            cells.append("—" if r["group"] == r["overtakes_baseline"] else "never" if over is None else str(over))
         cells += [_fmt(r["last_evals_std"], 100), _fmt(r["mbytes"], 1, 1), _fmt(r["wall_time_s"], 1, 0)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -169,17 +237,16 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path, title: str | None 
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("flcore report: curves need matplotlib: pip install 'flcore[plot]'") from None
-    import numpy as np
 
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
-    groups: dict[str, list[dict[str, float]]] = {}
+    groups: dict[str, list[list[tuple[int, float]]]] = {}
     for run in runs:
         if run["curve"]:
-            groups.setdefault(run["group"], []).append(dict(run["curve"]))
+            groups.setdefault(run["group"], []).append(run["curve"])
     for i, (group, curves) in enumerate(groups.items()):
-        rounds = sorted(set.intersection(*(set(c) for c in curves)))
-        acc = np.array([[c[r] for r in rounds] for c in curves]) * 100
+        rounds, acc = mean_curve(curves)
+        acc = acc * 100
         mean = acc.mean(0)
         # ten colours, then the same colours dashed, dotted, ...: every group stays distinguishable
         color, style = f"C{i % 10}", ("-", "--", ":", "-.")[i // 10 % 4]
@@ -203,11 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for report.md, report.csv, curves.png")
     p.add_argument("--target", type=float, nargs="*", default=[], help="target test accuracies, e.g. 0.6 0.7")
     p.add_argument("--last", type=int, default=5, help="evaluations in the smoothness column")
-    p.add_argument("--baseline", default=None, help="run group for the relative-speed column (needs --target)")
+    p.add_argument("--baseline", default=None, help="run group that the overtaking column (and, with --target, the "
+                                                    "relative-speed column) compares against")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
-    if args.baseline and not args.target:
-        p.error("--baseline: needs --target (speed is measured at the first target accuracy)")
+    if args.last < 1:
+        p.error(f"--last: must be >= 1, got {args.last}")
     runs = load_runs(args.roots)
     if not runs:
         p.error(f"roots: no results.json below {args.roots}")
@@ -216,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(runs, tuple(args.target), args.last)
     if args.baseline:
         try:
-            relative_speed(rows, args.baseline, args.target[0])
+            overtaking(rows, runs, args.baseline, args.last)
+            if args.target:
+                relative_speed(rows, args.baseline, args.target[0])
         except ValueError as err:
             p.error(str(err))
     table = markdown_table(rows, tuple(args.target), args.last)

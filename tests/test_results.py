@@ -10,7 +10,7 @@ import torch
 
 from datamodules import ClassesPerClient, Digits, Dirichlet, QuantitySkew
 from flcore import FederatedTrainer
-from flcore.report import load_runs, markdown_table, relative_speed, rounds_to, summarize
+from flcore.report import load_runs, markdown_table, overtakes_at, overtaking, relative_speed, rounds_to, summarize
 from flcore.strategies import FedAvg
 from flcore.sweep import expand, run_status
 from lightning_modules import ClientModule
@@ -156,6 +156,35 @@ def test_relative_speed_as_table_1():
     assert "speed vs baseline at 85 %" in table and "| x2.0 |" in table and "| — |" in table
     with pytest.raises(ValueError, match="--baseline: no run group 'nope'"):
         relative_speed(rows, "nope", 0.85)
+
+
+def test_overtaking_round_on_smoothed_curves():
+    rounds = list(range(5, 55, 5))
+    base = [(r, 0.80) for r in rounds]
+    method = list(zip(rounds, [0.70, 0.70, 0.70, 0.70, 0.90, 0.90, 0.78, 0.90, 0.90, 0.90]))
+    assert overtakes_at(method, base, 1) == 40  # the dip at round 35 is the last time below
+    # trailing means of 2: 0.70 0.70 0.70 0.80 0.90 0.84 0.84 0.90 0.90 from round 10: at or above from 25
+    assert overtakes_at(method, base, 2) == 25
+    assert overtakes_at(base, method, 1) is None  # ends below
+    assert overtakes_at([(r, 0.95) for r in rounds], base, 3) == 15  # never below: the first smoothed round
+    assert overtakes_at(method[:2], base, 3) is None  # fewer shared rounds than the window
+    with pytest.raises(ValueError, match="--last: must be >= 1"):
+        overtakes_at(method, base, 0)
+
+    def run(group, curve):
+        return {"group": group, "record": {"rounds_completed": 50}, "curve": curve}
+
+    # two seeds of "cross" whose mean is `method`; "slow" stays below
+    runs = [run("fedavg", base), run("cross", [(r, a + 0.05) for r, a in method]),
+            run("cross", [(r, a - 0.05) for r, a in method]), run("slow", [(r, 0.5) for r in rounds])]
+    rows = summarize(runs)
+    overtaking(rows, runs, "fedavg", 1)
+    assert [r["overtakes_round"] for r in rows] == [None, 40, None]
+    table = markdown_table(rows)
+    assert "overtakes fedavg at round" in table
+    assert table.splitlines()[2].split(" | ")[7] == "—" and " | 40 | " in table and " | never | " in table
+    with pytest.raises(ValueError, match="--baseline: no run group 'nope'"):
+        overtaking(rows, runs, "nope", 1)
 
 
 @pytest.mark.slow
