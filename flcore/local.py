@@ -217,9 +217,10 @@ def _seed_local_rng(seed: int) -> None:
 class LocalEpochs:
     """One client's local update as a single training-step item: iterating it yields ``epochs``
     local epochs of ``source``, each a list of ``(x, y)`` mini-batches (all but the last as
-    :class:`~lightning_modules.client.EarlierEpoch`, whose metrics the module does not keep), drawn
-    lazily (one epoch's gathered samples in memory at a time). Not a collection, so Lightning hands it to the training
-    step as it is; :meth:`ClientModule.training_step` moves each epoch to the device."""
+    :class:`~lightning_modules.client.EarlierEpoch`, whose metrics the module does not keep),
+    drawn lazily (one epoch's gathered samples in memory at a time). Not a collection, so
+    Lightning hands it to the training step as it is; :meth:`ClientModule.training_step` moves
+    each epoch to the device."""
 
     def __init__(self, source: ShuffledEpochs, epochs: int):
         self.source, self.epochs = source, epochs

@@ -115,6 +115,15 @@ def relative_speed(rows: list[dict[str, Any]], baseline: str, target: float) -> 
         r["speed"] = (b / mine) if (b is not None and mine) else None
 
 
+def _curves_by_group(runs: list[dict[str, Any]]) -> dict[str, list[list[tuple[int, float]]]]:
+    """Group name -> the test-accuracy curves of its runs that have one (in order of appearance)."""
+    groups: dict[str, list[list[tuple[int, float]]]] = {}
+    for run in runs:
+        if run["curve"]:
+            groups.setdefault(run["group"], []).append(run["curve"])
+    return groups
+
+
 def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], np.ndarray]:
     """The rounds that every curve evaluated, and the accuracies there: an array of shape
     ``(len(curves), len(rounds))`` (average over axis 0 for a group's mean curve)."""
@@ -156,10 +165,7 @@ def overtaking(rows: list[dict[str, Any]], runs: list[dict[str, Any]], baseline:
     Raises:
         ValueError: no group named ``baseline``.
     """
-    curves: dict[str, list[list[tuple[int, float]]]] = {}
-    for run in runs:
-        if run["curve"]:
-            curves.setdefault(run["group"], []).append(run["curve"])
+    curves = _curves_by_group(runs)
     if baseline not in {r["group"] for r in rows}:
         raise ValueError(f"--baseline: no run group {baseline!r}; groups: {[r['group'] for r in rows]}")
 
@@ -240,11 +246,7 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path, title: str | None 
 
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
-    groups: dict[str, list[list[tuple[int, float]]]] = {}
-    for run in runs:
-        if run["curve"]:
-            groups.setdefault(run["group"], []).append(run["curve"])
-    for i, (group, curves) in enumerate(groups.items()):
+    for i, (group, curves) in enumerate(_curves_by_group(runs).items()):
         rounds, acc = mean_curve(curves)
         acc = acc * 100
         mean = acc.mean(0)
