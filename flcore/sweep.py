@@ -21,13 +21,22 @@ values), each with ``--threads`` torch threads (default ``cores // workers``); a
 ``results.json`` says ``finished`` is skipped, and one with a checkpoint continues from it
 (``--ckpt_path last``), so a sweep can be stopped and started again at will.
 
+Several sweeps may share one ``log_dir`` (two sittings, two machines on a shared disk, a second
+sweep started to use a freed core): each run is trained under an exclusive lock on
+``<run>/sweep.lock`` (``fcntl.flock``, released when its process ends), and a sweep skips a run
+another live process holds (status ``running``). ``--only PATTERN ...`` (shell-style patterns on
+the run names) runs part of a grid.
+
     flcore sweep grid.yaml --workers 2
+    flcore sweep grid.yaml --only 'fedmr*' 'fedcross_pm*'   # part of it, e.g. in a second sitting
     flcore report runs/repro --out benchmarks/results/repro
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fnmatch
 import itertools
 import json
 import os
@@ -36,13 +45,18 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one sweep per log_dir
+    fcntl = None
+
 from flcore.checkpoint import newest_version
 
-__all__ = ["expand", "run_status", "main"]
+__all__ = ["expand", "run_status", "select", "run_lock", "main"]
 
 
 def _short(key: str) -> str:
@@ -99,10 +113,64 @@ def run_status(run_root: str | Path) -> str:
     return "resumable" if any((newest / "checkpoints").glob("*.ckpt")) else "new"
 
 
-def _launch(run: dict[str, Any], threads: int, log: Path) -> tuple[str, int, float]:
+@contextlib.contextmanager
+def run_lock(run_root: str | Path) -> Iterator[bool]:
+    """Hold the exclusive lock of a run (``<run_root>/sweep.lock``) for the ``with`` block.
+
+    Yields:
+        ``True`` if this process now holds it, ``False`` if another live process does (the lock
+        is ``fcntl.flock``, so a killed sweep leaves no stale lock). Always ``True`` without
+        ``fcntl`` (Windows).
+    """
+    if fcntl is None:
+        yield True
+        return
+    Path(run_root).mkdir(parents=True, exist_ok=True)
+    with open(Path(run_root) / "sweep.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _held_elsewhere(run_root: str | Path) -> bool:
+    if not Path(run_root).is_dir():
+        return False
+    with run_lock(run_root) as mine:
+        return not mine
+
+
+def select(runs: list[dict[str, Any]], patterns: list[str] | None) -> list[dict[str, Any]]:
+    """The runs whose name matches any of the shell-style ``patterns`` (all runs if ``None``).
+
+    Raises:
+        ValueError: a pattern that matches no run of the grid (names the pattern and the runs).
+    """
+    if patterns is None:
+        return runs
+    for pat in patterns:
+        if not any(fnmatch.fnmatchcase(r["name"], pat) for r in runs):
+            names = ", ".join(r["name"] for r in runs)
+            raise ValueError(f"--only: {pat!r} matches no run of the grid; the runs are: {names}")
+    return [r for r in runs if any(fnmatch.fnmatchcase(r["name"], pat) for pat in patterns)]
+
+
+def _launch(run: dict[str, Any], threads: int, log: Path) -> tuple[str, str, int, float]:
+    with run_lock(run["run_root"]) as mine:
+        if not mine:
+            return run["name"], "running", 0, 0.0
+        return (run["name"], *_train(run, threads, log))
+
+
+def _train(run: dict[str, Any], threads: int, log: Path) -> tuple[str, int, float]:
     status = run_status(run["run_root"])
     if status == "finished":
-        return run["name"], 0, 0.0
+        return "skipped", 0, 0.0
     cmd = [sys.executable, "-m", "flcore", "fit", "--config", run["config"], *run["args"]]
     if status == "resumable":
         cmd += ["--ckpt_path", "last"]
@@ -113,7 +181,7 @@ def _launch(run: dict[str, Any], threads: int, log: Path) -> tuple[str, int, flo
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-    return run["name"], code, time.perf_counter() - t0
+    return ("failed" if code else "done"), code, time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="runs at once (>= 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores // workers)")
     p.add_argument("--dry-run", action="store_true", help="print the runs and their status, run nothing")
+    p.add_argument("--only", nargs="+", metavar="PATTERN", default=None,
+                   help="run only the runs whose name matches one of these shell-style patterns")
     args = p.parse_args(argv)
     if args.workers < 1:
         p.error(f"--workers: must be >= 1, got {args.workers}")
@@ -131,14 +201,18 @@ def main(argv: list[str] | None = None) -> int:
         runs = expand(yaml.safe_load(Path(args.grid).read_text()) or {})
     except (OSError, yaml.YAMLError, ValueError) as err:
         p.error(f"grid: {str(err).splitlines()[0]}")
+    try:
+        runs = select(runs, args.only)
+    except ValueError as err:
+        p.error(str(err))
     for run in runs:
-        print(f"{run_status(run['run_root']):9s} {run['name']}")
+        status = "running" if _held_elsewhere(run["run_root"]) else run_status(run["run_root"])
+        print(f"{status:9s} {run['name']}")
     if args.dry_run:
         return 0
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     with ThreadPoolExecutor(args.workers) as pool:
         outcomes = list(pool.map(lambda r: _launch(r, threads, Path(r["run_root"]) / "sweep.log"), runs))
-    failed = [name for name, code, _ in outcomes if code]
-    for name, code, wall in outcomes:
-        print(f"{'failed' if code else 'done':6s} {wall:8.1f} s  {name}")
-    return 1 if failed else 0
+    for name, outcome, _, wall in outcomes:
+        print(f"{outcome:7s} {wall:8.1f} s  {name}")
+    return 1 if any(code for _, _, code, _ in outcomes) else 0

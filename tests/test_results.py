@@ -3,6 +3,8 @@
 import csv
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from datamodules import ClassesPerClient, Digits, Dirichlet, QuantitySkew
 from flcore import FederatedTrainer
 from flcore.report import load_runs, markdown_table, overtakes_at, overtaking, relative_speed, rounds_to, summarize
 from flcore.strategies import FedAvg
-from flcore.sweep import expand, run_status
+from flcore.sweep import expand, run_lock, run_status, select
 from lightning_modules import ClientModule
 from lightning_modules.models import CNN
 from tests.conftest import QUICKSTART
@@ -291,3 +293,44 @@ def test_sweep_variant_labels_carry_their_own_args():
     assert runs[0]["args"][:4] == ["--seed_everything", "3", "--z", "1"]
     with pytest.raises(ValueError, match="configs.bad: a variant needs 'config'"):
         expand({"configs": {"bad": {"args": []}}})
+
+
+def test_sweep_only_selects_by_pattern_and_names_bad_patterns():
+    runs = expand({"configs": {"fedavg": "a.yaml", "fedmr": "b.yaml", "fedmr_two_stage": "c.yaml"},
+                   "grid": {"seed_everything": [0, 1]}})
+    assert select(runs, None) is runs
+    assert [r["name"] for r in select(runs, ["fedmr__*", "*seed=1"])] == [
+        "fedavg__seed=1", "fedmr__seed=0", "fedmr__seed=1", "fedmr_two_stage__seed=1"]
+    with pytest.raises(ValueError, match=r"^--only: 'fedcross\*' matches no run of the grid; the runs are: fedavg__seed=0, "):
+        select(runs, ["fedmr*", "fedcross*"])
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="fcntl locks")
+def test_sweep_skips_a_run_another_process_holds(tmp_path, capsys):
+    """Two sweeps on one log_dir: a run locked by another live process is reported ``running``
+    and not launched; the lock dies with its process."""
+    from flcore.cli import main
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"log_dir: {tmp_path / 'runs'}\nconfigs:\n  x: {tmp_path / 'missing.yaml'}\n")
+    run_root = tmp_path / "runs" / "x"
+    run_root.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(run_root / "sweep.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with run_lock(run_root) as mine:
+            assert not mine
+        assert main(["sweep", str(grid)]) == 0  # not launched (its config does not even exist)
+        out = capsys.readouterr().out
+        assert out.splitlines()[0] == "running   x" and "running      0.0 s  x" in out
+        assert not (run_root / "sweep.log").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(run_root) as mine:
+        assert mine
+    assert main(["sweep", str(grid), "--dry-run"]) == 0
+    assert capsys.readouterr().out == "new       x\n"  # free again: the next sweep launches it
