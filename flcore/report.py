@@ -14,10 +14,13 @@ made with ``trainer.report_best_test``), rounds to each target test accuracy (th
 round at or above it; mean over the runs that reach it, with how many did), the standard
 deviation of the last ``--last`` evaluations' test accuracy (smoothness), megabytes sent (down +
 up) and wall time. With ``--baseline GROUP``: the round from which each group overtakes that group
-for good (:func:`overtakes_at`: its mean curve, smoothed over ``--last`` evaluations, stays at or
-above the baseline's to the end; "never" if it ends below), and, with ``--target``, a
+for good (:func:`overtaking`: its mean curve, smoothed over ``--last`` evaluations, stays at or
+above the baseline's to the end, the baseline's runs paired with the group's seeds; "never" if it
+ends below), and, with ``--target``, a
 convergence speed relative to it at the first target: ``rounds_to(baseline) / rounds_to(group)``
-(the FedIN paper's Table 1 "Speed", FedAvg = x1.0; above 1 is faster).
+(the FedIN paper's Table 1 "Speed", FedAvg = x1.0; above 1 is faster). Figures: ``curves.png``
+(each group's mean test accuracy per round, ±1 std over seeds) and, with ``--baseline``,
+``gap.png`` (each group's smoothed gap to the baseline, :func:`plot_gap`).
 """
 
 from __future__ import annotations
@@ -33,15 +36,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["load_runs", "summarize", "relative_speed", "mean_curve", "overtakes_at", "overtaking", "markdown_table",
-           "plot_curves", "main"]
+__all__ = ["load_runs", "summarize", "relative_speed", "mean_curve", "group_mean_curves", "smoothed_gap",
+           "gaps_to_baseline", "overtakes_at", "overtaking", "markdown_table", "plot_curves", "plot_gap", "main"]
 
 _SEED = re.compile(r"__seed=[^_]+")
 
 
 def load_runs(roots: list[str | Path]) -> list[dict[str, Any]]:
     """Every run folder below ``roots`` (a folder with ``results.json``): its record, its
-    test-accuracy curve ``[(round, acc), ...]`` from ``metrics.csv`` and its group name."""
+    test-accuracy curve ``[(round, acc), ...]`` from ``metrics.csv``, its group name and its seed
+    (the name's ``__seed=N`` part, else the config's ``seed_everything``, as a string)."""
     runs = []
     for root in roots:
         for path in sorted(Path(root).rglob("results.json")):
@@ -54,8 +58,10 @@ def load_runs(roots: list[str | Path]) -> list[dict[str, Any]]:
                     for row in csv.DictReader(f):
                         if row.get("global/test_acc"):
                             curve.append((int(row["round"]), float(row["global/test_acc"])))
+            seed = _SEED.search(name)
+            seed = seed.group(0)[len("__seed="):] if seed else (record.get("config") or {}).get("seed_everything")
             runs.append({"dir": str(path.parent), "name": name, "group": _SEED.sub("", name), "record": record,
-                         "curve": curve})
+                         "curve": curve, "seed": None if seed is None else str(seed)})
     return runs
 
 
@@ -132,12 +138,11 @@ def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], np.nda
     return rounds, np.array([[m[r] for r in rounds] for m in maps], dtype=float).reshape(len(maps), len(rounds))
 
 
-def overtakes_at(curve: list[tuple[int, float]], base: list[tuple[int, float]], window: int) -> int | None:
-    """The round from which ``curve`` stays at or above ``base`` to their last shared round, both
-    smoothed by a trailing mean over ``window`` evaluations (the first smoothed round when it is
-    never below); ``None`` when it ends below (or they share fewer than ``window`` rounds).
-    Answers "whether and at what round a method overtakes FedAvg" on the smoothed curves, so one
-    round's luck neither makes nor breaks it.
+def smoothed_gap(curve: list[tuple[int, float]], base: list[tuple[int, float]],
+                 window: int) -> tuple[list[int], np.ndarray]:
+    """``curve`` minus ``base`` at their shared rounds, both smoothed by a trailing mean over
+    ``window`` evaluations: the smoothed rounds (the last round of each window) and the gaps, shape
+    ``(len(rounds),)`` in the curves' units (empty when they share fewer than ``window`` rounds).
 
     Raises:
         ValueError: ``window`` < 1.
@@ -147,36 +152,82 @@ def overtakes_at(curve: list[tuple[int, float]], base: list[tuple[int, float]], 
     mine, theirs = dict(curve), dict(base)
     rounds = sorted(set(mine) & set(theirs))
     if len(rounds) < window:
-        return None
+        return [], np.zeros(0)
     kernel = np.ones(window) / window
     diff = (np.convolve([mine[r] for r in rounds], kernel, "valid")
             - np.convolve([theirs[r] for r in rounds], kernel, "valid"))
-    smoothed_rounds = rounds[window - 1:]
-    if diff[-1] < 0:
+    return rounds[window - 1:], diff
+
+
+def overtakes_at(curve: list[tuple[int, float]], base: list[tuple[int, float]], window: int) -> int | None:
+    """The round from which ``curve`` stays at or above ``base`` to their last shared round, both
+    smoothed by a trailing mean over ``window`` evaluations (:func:`smoothed_gap`; the first
+    smoothed round when it is never below); ``None`` when it ends below (or they share fewer than
+    ``window`` rounds). Answers "whether and at what round a method overtakes FedAvg" on the
+    smoothed curves, so one round's luck neither makes nor breaks it.
+
+    Raises:
+        ValueError: ``window`` < 1.
+    """
+    return _stays_above_from(*smoothed_gap(curve, base, window))
+
+
+def _stays_above_from(rounds: list[int], gap: np.ndarray) -> int | None:
+    if not rounds or gap[-1] < 0:
         return None
-    below = np.flatnonzero(diff < 0)
-    return smoothed_rounds[below[-1] + 1] if below.size else smoothed_rounds[0]
+    below = np.flatnonzero(gap < 0)
+    return rounds[below[-1] + 1] if below.size else rounds[0]
+
+
+def group_mean_curves(runs: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """Group name -> its mean test-accuracy curve ``[(round, acc), ...]`` over the rounds all its
+    runs evaluated (:func:`mean_curve`)."""
+    means = {}
+    for group, curves in _curves_by_group(runs).items():
+        rounds, acc = mean_curve(curves)
+        means[group] = list(zip(rounds, acc.mean(0)))
+    return means
+
+
+def gaps_to_baseline(runs: list[dict[str, Any]], baseline: str,
+                     window: int) -> dict[str, tuple[list[int], np.ndarray]]:
+    """Group name (all but ``baseline``) -> :func:`smoothed_gap` of its mean curve to the
+    baseline's, **paired by seed**: the baseline's mean is over its runs with the group's seeds
+    (over all its runs if it shares none), so a one-seed variant is compared with the baseline's
+    run of that seed, not with a mean over seeds it never ran.
+
+    Raises:
+        ValueError: no group named ``baseline`` with a test curve; ``window`` < 1.
+    """
+    base_runs = [r for r in runs if r["group"] == baseline and r["curve"]]
+    if not base_runs:
+        groups = sorted({r["group"] for r in runs})
+        raise ValueError(f"--baseline: no run group {baseline!r} with a test curve; groups: {groups}")
+    gaps = {}
+    for group in group_mean_curves(runs):
+        if group == baseline:
+            continue
+        mine = [r for r in runs if r["group"] == group and r["curve"]]
+        seeds = {r.get("seed") for r in mine}
+        paired = [r for r in base_runs if r.get("seed") in seeds] or base_runs
+        gaps[group] = smoothed_gap(group_mean_curves(mine)[group], group_mean_curves(paired)[baseline], window)
+    return gaps
 
 
 def overtaking(rows: list[dict[str, Any]], runs: list[dict[str, Any]], baseline: str, window: int) -> None:
-    """Add ``row["overtakes_round"]`` (:func:`overtakes_at` on the group mean curves, over the
-    rounds all runs of both groups evaluated; ``None``: never) and ``row["overtakes_baseline"]``.
+    """Add ``row["overtakes_round"]`` (the round from which the group's smoothed gap to the
+    baseline, :func:`gaps_to_baseline`, stays at or above 0, as :func:`overtakes_at`; ``None``:
+    never) and ``row["overtakes_baseline"]``.
 
     Raises:
-        ValueError: no group named ``baseline``.
+        ValueError: no group named ``baseline`` (with a test curve).
     """
-    curves = _curves_by_group(runs)
     if baseline not in {r["group"] for r in rows}:
         raise ValueError(f"--baseline: no run group {baseline!r}; groups: {[r['group'] for r in rows]}")
-
-    def mean(group):
-        rounds, acc = mean_curve(curves.get(group, []))
-        return list(zip(rounds, acc.mean(0))) if rounds else []
-
-    base = mean(baseline)
+    gaps = gaps_to_baseline(runs, baseline, window)
     for r in rows:
         r["overtakes_baseline"] = baseline
-        r["overtakes_round"] = None if r["group"] == baseline else overtakes_at(mean(r["group"]), base, window)
+        r["overtakes_round"] = _stays_above_from(*gaps[r["group"]]) if r["group"] in gaps else None
 
 
 def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
@@ -266,6 +317,40 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path, title: str | None 
     fig.savefig(path, dpi=110)
 
 
+def plot_gap(runs: list[dict[str, Any]], baseline: str, window: int, path: str | Path,
+             title: str | None = None) -> None:
+    """Each group's smoothed gap to ``baseline`` (:func:`gaps_to_baseline`, paired by seed, in
+    accuracy points) against round, with the zero line: where a line crosses zero for the last
+    time from below is the overtaking round of the report. The raw curves of methods within a
+    point of each other overlap; their gaps do not.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+        ValueError: no group named ``baseline``; ``window`` < 1.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError("flcore report: curves need matplotlib: pip install 'flcore[plot]'") from None
+    gaps = gaps_to_baseline(runs, baseline, window)
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    for i, group in enumerate(group_mean_curves(runs)):
+        if group not in gaps:
+            continue
+        rounds, diff = gaps[group]
+        color, style = f"C{i % 10}", ("-", "--", ":", "-.")[i // 10 % 4]
+        ax.plot(rounds, diff * 100, label=group, linewidth=1.2, color=color, linestyle=style)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"test accuracy minus {baseline} (points)")
+    ax.set_title(title or f"gap to {baseline}, trailing mean over {window} evaluations", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flcore report", description="Tables and curves over run folders.")
     p.add_argument("roots", nargs="+", help="folders searched (recursively) for run folders with results.json")
@@ -294,10 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows, tuple(args.target), args.last)
     (out / "report.md").write_text(table)
     write_csv(rows, out / "report.csv")
+    figures = ["curves.png"] + (["gap.png"] if args.baseline else [])
     try:
         plot_curves(runs, out / "curves.png", args.title)
+        if args.baseline:
+            plot_gap(runs, args.baseline, args.last, out / "gap.png",
+                     args.title and f"{args.title}: gap to {args.baseline}, trailing mean over {args.last} evaluations")
     except ImportError as err:
         print(f"flcore report: {err}")
     print(table, end="")
-    print(f"flcore report: {len(runs)} runs in {len(rows)} groups; wrote {out}/report.md, report.csv, curves.png")
+    print(f"flcore report: {len(runs)} runs in {len(rows)} groups; wrote {out}/report.md, report.csv, {', '.join(figures)}")
     return 0

@@ -12,7 +12,8 @@ import torch
 
 from datamodules import ClassesPerClient, Digits, Dirichlet, QuantitySkew
 from flcore import FederatedTrainer
-from flcore.report import load_runs, markdown_table, overtakes_at, overtaking, relative_speed, rounds_to, summarize
+from flcore.report import (gaps_to_baseline, group_mean_curves, load_runs, markdown_table, overtakes_at, overtaking,
+                           plot_gap, relative_speed, rounds_to, smoothed_gap, summarize)
 from flcore.strategies import FedAvg
 from flcore.sweep import expand, run_lock, run_status, select
 from lightning_modules import ClientModule
@@ -187,6 +188,43 @@ def test_overtaking_round_on_smoothed_curves():
     assert table.splitlines()[2].split(" | ")[7] == "—" and " | 40 | " in table and " | never | " in table
     with pytest.raises(ValueError, match="--baseline: no run group 'nope'"):
         overtaking(rows, runs, "nope", 1)
+    cross = group_mean_curves(runs)["cross"]  # the seeds' mean
+    assert [r for r, _ in cross] == rounds and [a for _, a in cross] == pytest.approx([a for _, a in method])
+    gap_rounds, gap = smoothed_gap(method, base, 2)
+    assert gap_rounds == rounds[1:]
+    assert gap == pytest.approx([-0.10, -0.10, -0.10, 0.00, 0.10, 0.04, 0.04, 0.10, 0.10])  # trailing means above - 0.80
+    assert smoothed_gap(method[:2], base, 3)[0] == []
+
+
+def test_gap_to_baseline_is_paired_by_seed():
+    """A one-seed variant is compared with the baseline's run of its seed, not the seeds' mean."""
+    rounds = list(range(5, 55, 5))
+
+    def run(group, seed, acc):
+        return {"group": group, "seed": seed, "record": {"rounds_completed": 50}, "curve": [(r, acc) for r in rounds]}
+
+    runs = [run("fedavg", "0", 0.80), run("fedavg", "1", 0.90), run("fedavg", "2", 0.70),
+            run("one", "1", 0.85), run("all", "0", 0.81), run("all", "1", 0.81), run("all", "2", 0.81),
+            run("other", "7", 0.79)]
+    gaps = gaps_to_baseline(runs, "fedavg", 2)
+    assert gaps["one"][1] == pytest.approx([-0.05] * 9)   # against seed 1 only (0.90), not the mean 0.80
+    assert gaps["all"][1] == pytest.approx([0.01] * 9)    # three seeds each: the means
+    assert gaps["other"][1] == pytest.approx([-0.01] * 9)  # no shared seed: all of the baseline's runs
+    rows = summarize(runs)
+    overtaking(rows, runs, "fedavg", 2)
+    assert {r["group"]: r["overtakes_round"] for r in rows} == {"fedavg": None, "one": None, "all": 10, "other": None}
+    with pytest.raises(ValueError, match="--baseline: no run group 'nope' with a test curve"):
+        gaps_to_baseline(runs, "nope", 2)
+
+
+def test_gap_figure_is_written_and_checks_its_baseline(tmp_path):
+    pytest.importorskip("matplotlib")
+    rounds = list(range(5, 55, 5))
+    runs = [{"group": g, "record": {}, "curve": [(r, a + 0.01 * r) for r in rounds]} for g, a in (("fedavg", 0.3), ("x", 0.4))]
+    plot_gap(runs, "fedavg", 3, tmp_path / "gap.png")
+    assert (tmp_path / "gap.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="--baseline: no run group 'nope' with a test curve"):
+        plot_gap(runs, "nope", 3, tmp_path / "gap.png")
 
 
 @pytest.mark.slow
