@@ -13,7 +13,8 @@ the papers' best test accuracy (the maximum over rounds, selected on the test se
 made with ``trainer.report_best_test``), rounds to each target test accuracy (the first evaluated
 round at or above it; mean over the runs that reach it, with how many did), the standard
 deviation of the last ``--last`` evaluations' test accuracy (smoothness), megabytes sent (down +
-up) and wall time. With ``--baseline GROUP``: the round from which each group overtakes that group
+up) and wall time; with ``--early ROUNDS``, the mean test accuracy over the first ROUNDS rounds'
+evaluations (early-phase speed). With ``--baseline GROUP``: the round from which each group overtakes that group
 for good (:func:`overtaking`: its mean curve, smoothed over ``--last`` evaluations, stays at or
 above the baseline's to the end, the baseline's runs paired with the group's seeds; "never" if it
 ends below), and, with ``--target``, a
@@ -77,8 +78,12 @@ def rounds_to(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((r for r, acc in curve if acc >= target), None)
 
 
-def summarize(runs: list[dict[str, Any]], targets: tuple[float, ...] = (), last: int = 5) -> list[dict[str, Any]]:
-    """One row per group (see the module docstring), in order of first appearance."""
+def summarize(runs: list[dict[str, Any]], targets: tuple[float, ...] = (), last: int = 5,
+              early: int | None = None) -> list[dict[str, Any]]:
+    """One row per group (see the module docstring), in order of first appearance. With ``early``
+    (rounds), also ``row["early_mean"]``: the mean test accuracy over the evaluations at rounds
+    <= ``early`` (an area under the early learning curve; the acceleration measure that coarse
+    rounds-to-target columns miss), mean ± std over the group's runs."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         groups.setdefault(run["group"], []).append(run)
@@ -90,6 +95,10 @@ def summarize(runs: list[dict[str, Any]], targets: tuple[float, ...] = (), last:
         row["final_test_acc"] = _mean_std([(r.get("final") or {}).get("global/test_acc") for r in recs])
         row["last_evals_mean"] = _mean_std([statistics.fmean([a for _, a in m["curve"][-last:]])
                                             for m in members if m["curve"]])
+        if early is not None:
+            row["early_rounds"] = early
+            row["early_mean"] = _mean_std([statistics.fmean(a for r, a in m["curve"] if r <= early)
+                                           for m in members if any(r <= early for r, _ in m["curve"])])
         row["test_acc_at_best_val"] = _mean_std([r.get("test_acc_at_best_val") for r in recs])
         row["best_test_acc_paper_protocol"] = _mean_std([(r.get("best_test_acc_paper_protocol") or {}).get("test_acc")
                                                          for r in recs])
@@ -239,7 +248,8 @@ def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
 
 def markdown_table(rows: list[dict[str, Any]], targets: tuple[float, ...] = (), last: int = 5) -> str:
     """The summary as a Markdown table (accuracies in %)."""
-    head = ["run group", "runs", "rounds", "final test acc (%)", f"mean of last {last} evals (%)",
+    early = [f"mean test acc, rounds <= {rows[0]['early_rounds']} (%)"] if rows and "early_mean" in rows[0] else []
+    head = ["run group", "runs", "rounds", "final test acc (%)", f"mean of last {last} evals (%)", *early,
             "test acc at best val (%)", "best test acc, papers' protocol (%)",
             *[f"rounds to {100 * t:g} %" for t in targets],
             *([f"speed vs baseline at {100 * targets[0]:g} %"] if rows and "speed" in rows[0] else []),
@@ -248,7 +258,8 @@ def markdown_table(rows: list[dict[str, Any]], targets: tuple[float, ...] = (), 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["group"], str(r["runs"]), str(r["rounds"]), _fmt(r["final_test_acc"], 100),
-                 _fmt(r["last_evals_mean"], 100), _fmt(r["test_acc_at_best_val"], 100),
+                 _fmt(r["last_evals_mean"], 100), *([_fmt(r["early_mean"], 100)] if early else []),
+                 _fmt(r["test_acc_at_best_val"], 100),
                  _fmt(r["best_test_acc_paper_protocol"], 100)]
         for t in targets:
             mean, hit = r[f"rounds_to_{t:g}"]
@@ -359,16 +370,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--last", type=int, default=5, help="evaluations in the smoothness column")
     p.add_argument("--baseline", default=None, help="run group that the overtaking column (and, with --target, the "
                                                     "relative-speed column) compares against")
+    p.add_argument("--early", type=int, default=None, metavar="ROUNDS",
+                   help="add the mean test accuracy over the evaluations at rounds <= ROUNDS (early-phase speed)")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
     if args.last < 1:
         p.error(f"--last: must be >= 1, got {args.last}")
+    if args.early is not None and args.early < 1:
+        p.error(f"--early: must be >= 1 (rounds), got {args.early}")
     runs = load_runs(args.roots)
     if not runs:
         p.error(f"roots: no results.json below {args.roots}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = summarize(runs, tuple(args.target), args.last)
+    rows = summarize(runs, tuple(args.target), args.last, args.early)
     if args.baseline:
         try:
             overtaking(rows, runs, args.baseline, args.last)

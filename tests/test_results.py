@@ -144,6 +144,14 @@ def test_rounds_to_target_and_grouping():
     assert math.isnan(row["best_test_acc_paper_protocol"][0])  # not recorded by these runs: "—"
     runs[0]["record"]["best_test_acc_paper_protocol"] = {"round": 10, "test_acc": 0.65}
     assert summarize(runs, (0.7,))[0]["best_test_acc_paper_protocol"] == (0.65, 0.0)
+    # early phase: the mean over the evaluations at rounds <= 7 (round 5 only), then over the runs
+    runs.append({"group": "b", "record": {"rounds_completed": 10}, "curve": [(10, 0.9)]})  # none that early
+    rows = summarize(runs, (), 1, early=7)
+    assert rows[0]["early_mean"][0] == pytest.approx(0.5) and rows[0]["early_mean"][1] == pytest.approx(math.sqrt(0.02))
+    assert math.isnan(rows[1]["early_mean"][0])
+    table = markdown_table(rows, (), 1)
+    assert "| mean of last 1 evals (%) | mean test acc, rounds <= 7 (%) |" in table and "| 50.00 ± 14.14 |" in table
+    assert "early_mean" not in summarize(runs)[0]
 
 
 def test_relative_speed_as_table_1():
@@ -372,3 +380,11 @@ def test_sweep_skips_a_run_another_process_holds(tmp_path, capsys):
         assert mine
     assert main(["sweep", str(grid), "--dry-run"]) == 0
     assert capsys.readouterr().out == "new       x\n"  # free again: the next sweep launches it
+
+
+def test_report_early_must_be_positive(tmp_path, capsys):
+    from flcore import report
+
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path), "--out", str(tmp_path / "out"), "--early", "0"])
+    assert "--early: must be >= 1 (rounds), got 0" in capsys.readouterr().err
