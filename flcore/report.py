@@ -130,13 +130,18 @@ def relative_speed(rows: list[dict[str, Any]], baseline: str, target: float) -> 
         r["speed"] = (b / mine) if (b is not None and mine) else None
 
 
-def _curves_by_group(runs: list[dict[str, Any]]) -> dict[str, list[list[tuple[int, float]]]]:
-    """Group name -> the test-accuracy curves of its runs that have one (in order of appearance)."""
-    groups: dict[str, list[list[tuple[int, float]]]] = {}
+def _runs_by_group(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Group name -> its runs that have a test-accuracy curve (in order of appearance)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         if run["curve"]:
-            groups.setdefault(run["group"], []).append(run["curve"])
+            groups.setdefault(run["group"], []).append(run)
     return groups
+
+
+def _curves_by_group(runs: list[dict[str, Any]]) -> dict[str, list[list[tuple[int, float]]]]:
+    """Group name -> the test-accuracy curves of its runs that have one (in order of appearance)."""
+    return {group: [m["curve"] for m in members] for group, members in _runs_by_group(runs).items()}
 
 
 def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], np.ndarray]:
@@ -191,11 +196,12 @@ def _stays_above_from(rounds: list[int], gap: np.ndarray) -> int | None:
 def group_mean_curves(runs: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
     """Group name -> its mean test-accuracy curve ``[(round, acc), ...]`` over the rounds all its
     runs evaluated (:func:`mean_curve`)."""
-    means = {}
-    for group, curves in _curves_by_group(runs).items():
-        rounds, acc = mean_curve(curves)
-        means[group] = list(zip(rounds, acc.mean(0)))
-    return means
+    return {group: _mean_of(curves) for group, curves in _curves_by_group(runs).items()}
+
+
+def _mean_of(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    rounds, acc = mean_curve(curves)
+    return list(zip(rounds, acc.mean(0)))
 
 
 def gaps_to_baseline(runs: list[dict[str, Any]], baseline: str,
@@ -208,18 +214,16 @@ def gaps_to_baseline(runs: list[dict[str, Any]], baseline: str,
     Raises:
         ValueError: no group named ``baseline`` with a test curve; ``window`` < 1.
     """
-    base_runs = [r for r in runs if r["group"] == baseline and r["curve"]]
+    groups = _runs_by_group(runs)
+    base_runs = groups.pop(baseline, None)
     if not base_runs:
-        groups = sorted({r["group"] for r in runs})
-        raise ValueError(f"--baseline: no run group {baseline!r} with a test curve; groups: {groups}")
+        raise ValueError(f"--baseline: no run group {baseline!r} with a test curve; "
+                         f"groups: {sorted({r['group'] for r in runs})}")
     gaps = {}
-    for group in group_mean_curves(runs):
-        if group == baseline:
-            continue
-        mine = [r for r in runs if r["group"] == group and r["curve"]]
-        seeds = {r.get("seed") for r in mine}
-        paired = [r for r in base_runs if r.get("seed") in seeds] or base_runs
-        gaps[group] = smoothed_gap(group_mean_curves(mine)[group], group_mean_curves(paired)[baseline], window)
+    for group, mine in groups.items():
+        seeds = {m.get("seed") for m in mine}
+        paired = [b for b in base_runs if b.get("seed") in seeds] or base_runs
+        gaps[group] = smoothed_gap(_mean_of([m["curve"] for m in mine]), _mean_of([b["curve"] for b in paired]), window)
     return gaps
 
 
@@ -229,10 +233,8 @@ def overtaking(rows: list[dict[str, Any]], runs: list[dict[str, Any]], baseline:
     never) and ``row["overtakes_baseline"]``.
 
     Raises:
-        ValueError: no group named ``baseline`` (with a test curve).
+        ValueError: no group named ``baseline`` with a test curve.
     """
-    if baseline not in {r["group"] for r in rows}:
-        raise ValueError(f"--baseline: no run group {baseline!r}; groups: {[r['group'] for r in rows]}")
     gaps = gaps_to_baseline(runs, baseline, window)
     for r in rows:
         r["overtakes_baseline"] = baseline
@@ -347,7 +349,7 @@ def plot_gap(runs: list[dict[str, Any]], baseline: str, window: int, path: str |
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     ax.axhline(0.0, color="black", linewidth=0.8)
-    for i, group in enumerate(group_mean_curves(runs)):
+    for i, group in enumerate(_runs_by_group(runs)):  # curves.png's colours
         if group not in gaps:
             continue
         rounds, diff = gaps[group]

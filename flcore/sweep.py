@@ -153,24 +153,26 @@ def select(runs: list[dict[str, Any]], patterns: list[str] | None) -> list[dict[
     """
     if patterns is None:
         return runs
+    names = [r["name"] for r in runs]
     for pat in patterns:
-        if not any(fnmatch.fnmatchcase(r["name"], pat) for r in runs):
-            names = ", ".join(r["name"] for r in runs)
-            raise ValueError(f"--only: {pat!r} matches no run of the grid; the runs are: {names}")
+        if not any(fnmatch.fnmatchcase(n, pat) for n in names):
+            raise ValueError(f"--only: {pat!r} matches no run of the grid; the runs are: {', '.join(names)}")
     return [r for r in runs if any(fnmatch.fnmatchcase(r["name"], pat) for pat in patterns)]
 
 
-def _launch(run: dict[str, Any], threads: int, log: Path) -> tuple[str, str, int, float]:
+def _launch(run: dict[str, Any], threads: int, log: Path) -> tuple[str, str, float]:
+    """``(name, outcome, wall seconds)``; outcome: ``running`` (held by another sweep),
+    ``skipped`` (finished before), ``done`` or ``failed``."""
     with run_lock(run["run_root"]) as mine:
         if not mine:
-            return run["name"], "running", 0, 0.0
+            return run["name"], "running", 0.0
         return (run["name"], *_train(run, threads, log))
 
 
-def _train(run: dict[str, Any], threads: int, log: Path) -> tuple[str, int, float]:
+def _train(run: dict[str, Any], threads: int, log: Path) -> tuple[str, float]:
     status = run_status(run["run_root"])
     if status == "finished":
-        return "skipped", 0, 0.0
+        return "skipped", 0.0
     cmd = [sys.executable, "-m", "flcore", "fit", "--config", run["config"], *run["args"]]
     if status == "resumable":
         cmd += ["--ckpt_path", "last"]
@@ -181,7 +183,7 @@ def _train(run: dict[str, Any], threads: int, log: Path) -> tuple[str, int, floa
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
-    return ("failed" if code else "done"), code, time.perf_counter() - t0
+    return ("failed" if code else "done"), time.perf_counter() - t0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +215,6 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     with ThreadPoolExecutor(args.workers) as pool:
         outcomes = list(pool.map(lambda r: _launch(r, threads, Path(r["run_root"]) / "sweep.log"), runs))
-    for name, outcome, _, wall in outcomes:
+    for name, outcome, wall in outcomes:
         print(f"{outcome:7s} {wall:8.1f} s  {name}")
-    return 1 if any(code for _, _, code, _ in outcomes) else 0
+    return 1 if any(outcome == "failed" for _, outcome, _ in outcomes) else 0
