@@ -12,6 +12,8 @@ A grid file (YAML) names base configs and the values to cross with them::
     grid:                               # dotted keys -> values; the cartesian product is run
       seed_everything: [0, 1, 2]
       data.init_args.partition.init_args.beta: [0.1, 0.5]
+      # linked keys vary together (not crossed); the run is named by the first key:
+      # "seed_everything,data.init_args.seed": [[1, 1], [2, 2]]   -> a new partition per seed
     args: [--trainer.rounds, "500"]     # fixed extra arguments for every run (optional)
 
 Every grid point is one ``flcore fit`` process named ``<label>__<key>=<value>...`` (the last
@@ -81,6 +83,9 @@ def expand(grid_file: dict[str, Any]) -> list[dict[str, Any]]:
     for key, values in grid.items():
         if not isinstance(values, list):
             raise ValueError(f"grid.{key}: must be a list of values, got {values!r}")
+        width = len(key.split(","))
+        if width > 1 and not all(isinstance(v, list) and len(v) == width for v in values):
+            raise ValueError(f"grid.{key}: linked keys take a list of [{', '.join(['value'] * width)}] lists, got {values!r}")
     extra = [str(a) for a in grid_file.get("args") or []]
     log_dir = str(grid_file.get("log_dir", "runs/sweep"))
     runs = []
@@ -93,8 +98,10 @@ def expand(grid_file: dict[str, Any]) -> list[dict[str, Any]]:
             config, own = entry["config"], [str(a) for a in entry.get("args") or []]
         for combo in itertools.product(*grid.values()) if grid else [()]:
             point = dict(zip(grid, combo))
-            name = "__".join([label, *(f"{_short(k)}={v}" for k, v in point.items())])
-            args = [arg for k, v in point.items() for arg in (f"--{k}", str(v))]
+            # linked keys ("a,b": [[1, 1], [2, 2]]) vary together; the run is named by the first
+            name = "__".join([label, *(f"{_short(k.split(',')[0])}={v[0] if ',' in k else v}" for k, v in point.items())])
+            args = [arg for k, v in point.items()
+                    for kk, vv in (zip(k.split(","), v) if "," in k else [(k, v)]) for arg in (f"--{kk}", str(vv))]
             runs.append({"name": name, "config": str(config),
                          "args": [*args, *own, *extra, "--trainer.log_dir", log_dir, "--trainer.name", name],
                          "run_root": str(Path(log_dir) / name)})
