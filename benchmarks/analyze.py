@@ -61,8 +61,9 @@ def load_run(run_dir: Path):
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("runs", nargs="*", type=Path)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--replot", action="store_true", help="redraw the figures from OUT/analysis.json; compute nothing")
     p.add_argument("--subset", type=int, default=10_000, help="training samples for the landscapes")
     p.add_argument("--sharpness-subset", type=int, default=2_000, help="training samples for the Hessian")
     p.add_argument("--grid", type=int, default=21, help="points per axis of the 2-D plane (and of the 1-D line)")
@@ -71,6 +72,13 @@ def main(argv=None) -> None:
     p.add_argument("--hutchinson", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.replot:
+        report = json.loads((args.out / "analysis.json").read_text())
+        (args.out / "analysis.md").write_text(analysis_table(report))
+        _plots(report, args.out, tensorboard=False)
+        return
+    if not args.runs:
+        p.error("runs: give at least one run folder (or --replot)")
     args.out.mkdir(parents=True, exist_ok=True)
     runs = [load_run(r) for r in args.runs]
     dm = runs[0][2]
@@ -109,52 +117,84 @@ def main(argv=None) -> None:
                                        "test": interpolate_curve(net, sa, sb, ts, x_te, y_te)}
     report["interpolation"] = pairs
     (args.out / "analysis.json").write_text(json.dumps(report, indent=1))
+    (args.out / "analysis.md").write_text(analysis_table(report))
     _plots(report, args.out)
 
 
-def _plots(report, out: Path) -> None:
-    from matplotlib.figure import Figure
-    from torch.utils.tensorboard import SummaryWriter
+def analysis_table(report) -> str:
+    """The sharpness figures of an analysis report as a Markdown table: per run, the top Hessian
+    eigenvalue, the Hessian trace (± Hutchinson standard error), and the training loss at the
+    model and at the ends of the 1-D filter-normalized direction."""
+    lines = ["| run | round | top Hessian eigenvalue | Hessian trace | train loss at w | train loss at alpha = -1 / +1 |",
+             "|---|---|---|---|---|---|"]
+    for label, e in report["runs"].items():
+        loss = e["train_1d"]["loss"]
+        lines.append(f"| {label} | {e['round']} | {e['top_eigenvalue']:.1f} | {e['hessian_trace']:.0f} ± "
+                     f"{e['hessian_trace_stderr']:.0f} | {loss[len(loss) // 2]:.2f} | {loss[0]:.2f} / {loss[-1]:.2f} |")
+    return "\n".join(lines) + "\n"
 
-    writer = SummaryWriter(str(out / "tensorboard"))
-    fig = Figure(figsize=(10, 4))
+
+def _plots(report, out: Path, tensorboard: bool = True) -> None:
+    """The figures of an analysis report: 1-D curves (legend outside), the 2-D landscapes on
+    **shared** contour levels with one colour bar (so panels compare: a flatter model shows
+    fewer, wider rings), and the interpolation curves; also TensorBoard figures when asked."""
+    from matplotlib.figure import Figure
+
+    from flcore.plotting import legend_outside, method_style
+
+    writer = None
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"))
+    fig = Figure(figsize=(11, 4))
     ax_tr, ax_te = fig.subplots(1, 2)
     for label, e in report["runs"].items():
-        ax_tr.plot(e["train_1d"]["alpha"], e["train_1d"]["loss"], label=label)
-        ax_te.plot(e["test_1d"]["alpha"], e["test_1d"]["loss"], label=label)
-        writer.add_scalar(f"sharpness/top_eigenvalue/{label}", e["top_eigenvalue"], e["round"])
-        writer.add_scalar(f"sharpness/hessian_trace/{label}", e["hessian_trace"], e["round"])
+        color, style = method_style(label)
+        ax_tr.plot(e["train_1d"]["alpha"], e["train_1d"]["loss"], label=label, color=color, linestyle=style)
+        ax_te.plot(e["test_1d"]["alpha"], e["test_1d"]["loss"], label=label, color=color, linestyle=style)
+        if writer:
+            writer.add_scalar(f"sharpness/top_eigenvalue/{label}", e["top_eigenvalue"], e["round"])
+            writer.add_scalar(f"sharpness/hessian_trace/{label}", e["hessian_trace"], e["round"])
     for ax, name in ((ax_tr, "train"), (ax_te, "test")):
         ax.set(xlabel="alpha (filter-normalized direction)", ylabel=f"{name} loss", yscale="log")
-        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "landscape_1d.png", dpi=100)
-    writer.add_figure("landscape/1d", fig)
+    legend_outside(fig, ax_te)
+    _save(fig, out / "landscape_1d.png", writer, "landscape/1d")
     n = len(report["runs"])
-    fig = Figure(figsize=(4.5 * n, 4))
-    axes = np.atleast_1d(fig.subplots(1, n))
+    surfaces = {label: np.log10(np.array(e["train_2d"]["loss"]).T) for label, e in report["runs"].items()}
+    lo = min(float(z.min()) for z in surfaces.values())
+    hi = max(float(z.max()) for z in surfaces.values())
+    levels = np.linspace(lo, hi, 16)
+    fig = Figure(figsize=(4.2 * n + 1.2, 4))
+    axes = np.atleast_1d(fig.subplots(1, n, sharey=True))
     for ax, (label, e) in zip(axes, report["runs"].items()):
         s = e["train_2d"]
-        cs = ax.contour(s["alpha"], s["beta"], np.log10(np.array(s["loss"]).T), levels=15)
-        ax.clabel(cs, fontsize=6)
-        ax.set(title=f"{label}\nlog10 train loss", xlabel="alpha", ylabel="beta")
-    fig.tight_layout()
-    fig.savefig(out / "landscape_2d.png", dpi=100)
-    writer.add_figure("landscape/2d", fig)
+        filled = ax.contourf(s["alpha"], s["beta"], surfaces[label], levels=levels, cmap="viridis")
+        ax.contour(s["alpha"], s["beta"], surfaces[label], levels=levels, colors="white", linewidths=0.4)
+        ax.set(title=label, xlabel="alpha")
+        ax.title.set_fontsize(9)
+    axes[0].set_ylabel("beta")
+    fig.colorbar(filled, ax=list(axes), label="log10 train loss (levels shared by all panels)")
+    _save(fig, out / "landscape_2d.png", writer, "landscape/2d")
     if report["interpolation"]:
-        fig = Figure(figsize=(6, 4))
+        fig = Figure(figsize=(8, 4))
         ax = fig.subplots()
         for pair, e in report["interpolation"].items():
             ax.plot(e["train"]["t"], e["train"]["loss"], label=f"{pair} (train)")
             ax.plot(e["test"]["t"], e["test"]["loss"], "--", label=f"{pair} (test)")
         ax.set(xlabel="t: (1 - t) w_a + t w_b", ylabel="loss", yscale="log")
-        ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "interpolation.png", dpi=100)
-        writer.add_figure("landscape/interpolation", fig)
-    writer.close()
+        legend_outside(fig, ax)
+        _save(fig, out / "interpolation.png", writer, "landscape/interpolation")
+    if writer:
+        writer.close()
+
+
+def _save(fig, path: Path, writer, tag: str) -> None:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    if writer:
+        writer.add_figure(tag, fig)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,18 @@ the papers' best test accuracy (the maximum over rounds, selected on the test se
 made with ``trainer.report_best_test``), rounds to each target test accuracy (the first evaluated
 round at or above it; mean over the runs that reach it, with how many did), the standard
 deviation of the last ``--last`` evaluations' test accuracy (smoothness), megabytes sent (down +
-up) and wall time; with ``--early ROUNDS``, the mean test accuracy over the first ROUNDS rounds'
+up) and wall time (minutes); a group of one run shows bare values, not "± 0.00"; with ``--early ROUNDS``, the mean test accuracy over the first ROUNDS rounds'
 evaluations (early-phase speed). With ``--baseline GROUP``: the round from which each group overtakes that group
 for good (:func:`overtaking`: its mean curve, smoothed over ``--last`` evaluations, stays at or
 above the baseline's to the end, the baseline's runs paired with the group's seeds; "never" if it
 ends below), and, with ``--target``, a
 convergence speed relative to it at the first target: ``rounds_to(baseline) / rounds_to(group)``
 (the FedIN paper's Table 1 "Speed", FedAvg = x1.0; above 1 is faster). Figures: ``curves.png``
-(each group's mean test accuracy per round, ±1 std over seeds) and, with ``--baseline``,
-``gap.png`` (each group's smoothed gap to the baseline, :func:`plot_gap`).
+(each group's mean test accuracy per round, ±1 std over seeds; one panel per partition) and, with
+``--baseline``, ``gap.png`` (each group's smoothed gap to the baseline with a seed band,
+:func:`plot_gap`), in colours fixed per method (:mod:`flcore.plotting`). ``--columns`` also writes
+``summary.md`` (those columns only) and ``--claims FILE`` also writes ``claims.md``
+(:mod:`flcore.claims`).
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ import json
 import math
 import re
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flcore.plotting import legend_outside, method_of, method_style, partition_of
+
 __all__ = ["load_runs", "summarize", "relative_speed", "mean_curve", "group_mean_curves", "smoothed_gap",
-           "gaps_to_baseline", "overtakes_at", "overtaking", "markdown_table", "plot_curves", "plot_gap", "main"]
+           "gaps_to_baseline", "seed_gaps", "overtakes_at", "overtaking", "markdown_table", "plot_curves", "plot_gap", "main"]
 
 _SEED = re.compile(r"__seed=[^_]+")
 
@@ -70,7 +76,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
 
 
 def rounds_to(curve: list[tuple[int, float]], target: float) -> int | None:
@@ -114,9 +120,13 @@ def summarize(runs: list[dict[str, Any]], targets: tuple[float, ...] = (), last:
     return rows
 
 
-def relative_speed(rows: list[dict[str, Any]], baseline: str, target: float) -> None:
+def relative_speed(rows: list[dict[str, Any]], baseline: str, target: float,
+                   runs: list[dict[str, Any]] | None = None) -> None:
     """Add ``row["speed"]``: the baseline group's mean rounds to ``target`` divided by the row's
-    (FedIN paper, Table 1 "Speed"); ``None`` where either never reaches it.
+    (FedIN paper, Table 1 "Speed"); ``None`` where either never reaches it. With ``runs``, the
+    baseline's mean is **paired by seed**, as :func:`gaps_to_baseline`: over its runs with the
+    row's seeds (all its runs if it shares none), so a one-seed variant is compared with the
+    baseline's run of that seed.
 
     Raises:
         ValueError: no group named ``baseline``.
@@ -124,8 +134,14 @@ def relative_speed(rows: list[dict[str, Any]], baseline: str, target: float) -> 
     base = next((r for r in rows if r["group"] == baseline), None)
     if base is None:
         raise ValueError(f"--baseline: no run group {baseline!r}; groups: {[r['group'] for r in rows]}")
-    b = base[f"rounds_to_{target:g}"][0]
+    base_runs = [r for r in runs or [] if r["group"] == baseline]
     for r in rows:
+        b = base[f"rounds_to_{target:g}"][0]
+        if base_runs:
+            seeds = {m.get("seed") for m in runs if m["group"] == r["group"]}
+            paired = [m for m in base_runs if m.get("seed") in seeds] or base_runs
+            hit = [x for x in (rounds_to(m["curve"], target) for m in paired) if x is not None]
+            b = statistics.fmean(hit) if hit else None
         mine = r[f"rounds_to_{target:g}"][0]
         r["speed"] = (b / mine) if (b is not None and mine) else None
 
@@ -230,7 +246,9 @@ def gaps_to_baseline(runs: list[dict[str, Any]], baseline: str,
 def overtaking(rows: list[dict[str, Any]], runs: list[dict[str, Any]], baseline: str, window: int) -> None:
     """Add ``row["overtakes_round"]`` (the round from which the group's smoothed gap to the
     baseline, :func:`gaps_to_baseline`, stays at or above 0, as :func:`overtakes_at`; ``None``:
-    never) and ``row["overtakes_baseline"]``.
+    never), ``row["overtakes_from_start"]`` (the gap is never below 0: the round is then only the
+    first one the smoothing window covers; the table says "never below (from N)") and
+    ``row["overtakes_baseline"]``.
 
     Raises:
         ValueError: no group named ``baseline`` with a test curve.
@@ -239,40 +257,81 @@ def overtaking(rows: list[dict[str, Any]], runs: list[dict[str, Any]], baseline:
     for r in rows:
         r["overtakes_baseline"] = baseline
         r["overtakes_round"] = _stays_above_from(*gaps[r["group"]]) if r["group"] in gaps else None
+        # never below: the round is only the first one the smoothing window covers
+        r["overtakes_from_start"] = r["group"] in gaps and bool(gaps[r["group"]][0]) and bool((gaps[r["group"]][1] >= 0).all())
 
 
 def _fmt(ms: tuple[float, float], scale: float = 1.0, digits: int = 2) -> str:
+    """``"mean ± std"``; the bare mean where there is one value (no spread to show)."""
     m, s = ms
     if math.isnan(m):
         return "—"
+    if math.isnan(s):
+        return f"{m * scale:.{digits}f}"
     return f"{m * scale:.{digits}f} ± {s * scale:.{digits}f}"
 
 
-def markdown_table(rows: list[dict[str, Any]], targets: tuple[float, ...] = (), last: int = 5) -> str:
-    """The summary as a Markdown table (accuracies in %)."""
-    early = [f"mean test acc, rounds <= {rows[0]['early_rounds']} (%)"] if rows and "early_mean" in rows[0] else []
-    head = ["run group", "runs", "rounds", "final test acc (%)", f"mean of last {last} evals (%)", *early,
-            "test acc at best val (%)", "best test acc, papers' protocol (%)",
-            *[f"rounds to {100 * t:g} %" for t in targets],
-            *([f"speed vs baseline at {100 * targets[0]:g} %"] if rows and "speed" in rows[0] else []),
-            *([f"overtakes {rows[0]['overtakes_baseline']} at round"] if rows and "overtakes_round" in rows[0] else []),
-            f"std of last {last} evals (pts)", "MB sent", "wall (s)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["group"], str(r["runs"]), str(r["rounds"]), _fmt(r["final_test_acc"], 100),
-                 _fmt(r["last_evals_mean"], 100), *([_fmt(r["early_mean"], 100)] if early else []),
-                 _fmt(r["test_acc_at_best_val"], 100),
-                 _fmt(r["best_test_acc_paper_protocol"], 100)]
-        for t in targets:
+def _columns(rows: list[dict[str, Any]], targets: tuple[float, ...], last: int) -> list[tuple[str, str, Any]]:
+    """``(key, header, cell(row) -> str)`` of every column the rows can fill, in table order."""
+    def rounds_cell(t):
+        def cell(r):
             mean, hit = r[f"rounds_to_{t:g}"]
-            cells.append("never" if mean is None else f"{mean:.0f} ({hit}/{r['runs']})")
-        if "speed" in r:
-            cells.append("—" if r["speed"] is None else f"x{r['speed']:.1f}")
-        if "overtakes_round" in r:
-            over = r["overtakes_round"]
-            cells.append("—" if r["group"] == r["overtakes_baseline"] else "never" if over is None else str(over))
-        cells += [_fmt(r["last_evals_std"], 100), _fmt(r["mbytes"], 1, 1), _fmt(r["wall_time_s"], 1, 0)]
-        lines.append("| " + " | ".join(cells) + " |")
+            return "never" if mean is None else (f"{mean:.0f}" if r["runs"] == 1 else f"{mean:.0f} ({hit}/{r['runs']})")
+        return cell
+
+    def over_cell(r):
+        over = r["overtakes_round"]
+        if r["group"] == r["overtakes_baseline"]:
+            return "—"
+        return "never" if over is None else f"never below (from {over})" if r.get("overtakes_from_start") else str(over)
+
+    first = rows[0] if rows else {}
+    cols = [("group", "run group", lambda r: r["group"]), ("runs", "runs", lambda r: str(r["runs"])),
+            ("rounds", "rounds", lambda r: str(r["rounds"])),
+            ("final", "final test acc (%)", lambda r: _fmt(r["final_test_acc"], 100)),
+            ("last_mean", f"mean of last {last} evals (%)", lambda r: _fmt(r["last_evals_mean"], 100))]
+    if "early_mean" in first:
+        cols.append(("early", f"mean test acc, rounds <= {first['early_rounds']} (%)", lambda r: _fmt(r["early_mean"], 100)))
+    cols += [("val", "test acc at best val (%)", lambda r: _fmt(r["test_acc_at_best_val"], 100)),
+             ("best", "best test acc, papers' protocol (%)", lambda r: _fmt(r["best_test_acc_paper_protocol"], 100))]
+    cols += [(f"rounds_to_{t:g}", f"rounds to {100 * t:g} %", rounds_cell(t)) for t in targets]
+    if "speed" in first:
+        cols.append(("speed", f"speed vs baseline at {100 * targets[0]:g} %",
+                     lambda r: "—" if r["speed"] is None else f"x{r['speed']:.1f}"))
+    if "overtakes_round" in first:
+        cols.append(("overtakes", f"overtakes {first['overtakes_baseline']} at round", over_cell))
+    cols += [("std", f"std of last {last} evals (pts)", lambda r: _fmt(r["last_evals_std"], 100)),
+             ("mb", "MB sent", lambda r: _fmt(r["mbytes"], 1, 1)),
+             ("wall", "wall (min)", lambda r: _fmt((r["wall_time_s"][0] / 60, r["wall_time_s"][1] / 60), 1, 1))]
+    return cols
+
+
+COLUMNS = ("group", "runs", "rounds", "final", "last_mean", "early", "val", "best", "rounds_to", "speed",
+           "overtakes", "std", "mb", "wall")
+"""The column keys of :func:`markdown_table` (``rounds_to`` stands for every ``--target``)."""
+
+
+def markdown_table(rows: list[dict[str, Any]], targets: tuple[float, ...] = (), last: int = 5,
+                   columns: tuple[str, ...] | None = None) -> str:
+    """The summary as a Markdown table (accuracies in %, wall time in minutes). A group of one run
+    shows bare values (no "± std"). ``columns`` (keys of :data:`COLUMNS`; default all) picks and
+    orders the columns; a column the rows cannot fill (``speed`` without ``--baseline``) is left out.
+
+    Raises:
+        ValueError: an unknown column key.
+    """
+    cols = _columns(rows, targets, last)
+    if columns is not None:
+        bad = [c for c in columns if c not in COLUMNS]
+        if bad:
+            raise ValueError(f"--columns: unknown {bad}; allowed: {', '.join(COLUMNS)}")
+        by_key = {k: (k, h, f) for k, h, f in cols}
+        chosen = []
+        for c in columns:
+            chosen += [col for k, col in by_key.items() if k == c or (c == "rounds_to" and k.startswith("rounds_to_"))]
+        cols = chosen
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(f(r) for _, _, f in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -296,72 +355,122 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
         writer.writerows(flat)
 
 
-def plot_curves(runs: list[dict[str, Any]], path: str | Path, title: str | None = None) -> None:
-    """Test accuracy against round, one line per group: the mean over its runs at the rounds
-    they share, with a ±1 std band (the papers' learning-curve figures).
-
-    Raises:
-        ImportError: matplotlib is not installed.
-    """
+def _figure():
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("flcore report: curves need matplotlib: pip install 'flcore[plot]'") from None
+    fig = Figure(figsize=(9.0, 4.5))
+    return fig, fig.add_subplot()
 
-    fig = Figure(figsize=(7.5, 4.5))
-    ax = fig.add_subplot()
-    for i, (group, curves) in enumerate(_curves_by_group(runs).items()):
+
+def _save(fig, ax, path: str | Path, title: str | None) -> None:
+    ax.grid(alpha=0.3)
+    legend_outside(fig, ax)
+    if title:
+        ax.set_title(textwrap.fill(title, 70), fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def plot_curves(runs: list[dict[str, Any]], path: str | Path, title: str | None = None) -> None:
+    """Test accuracy against round, one line per group: the mean over its runs at the rounds
+    they share, with a ±1 std band where the group has more than one run (the papers'
+    learning-curve figures). Colours and line styles are fixed per method
+    (:func:`flcore.plotting.method_style`); the legend sits outside the axes. Runs of several
+    settings (partitions: :func:`flcore.plotting.partition_of`) go in one panel each, side by side.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    groups = _curves_by_group(runs)
+    panels: dict[str, list[str]] = {}
+    for group in groups:
+        panels.setdefault(partition_of(group), []).append(group)
+    if len(panels) <= 1:
+        fig, ax = _figure()
+        _draw_curves(ax, {g: groups[g] for g in groups}, label=lambda g: g)
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy (%)")
+        _save(fig, ax, path, title)
+        return
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0 * len(panels), 6.0))
+    axes = fig.subplots(1, len(panels), sharey=True)
+    for ax, (setting, members) in zip(axes, panels.items()):
+        _draw_curves(ax, {g: groups[g] for g in members}, label=method_of)
+        ax.set_title(setting, fontsize=10)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, ncols=2, frameon=False)
+    axes[0].set_ylabel("test accuracy (%)")
+    if title:
+        fig.suptitle(textwrap.fill(title, 110), fontsize=10)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def _draw_curves(ax, groups: dict[str, list[list[tuple[int, float]]]], label) -> None:
+    for group, curves in groups.items():
         rounds, acc = mean_curve(curves)
         acc = acc * 100
         mean = acc.mean(0)
-        # ten colours, then the same colours dashed, dotted, ...: every group stays distinguishable
-        color, style = f"C{i % 10}", ("-", "--", ":", "-.")[i // 10 % 4]
-        ax.plot(rounds, mean, label=f"{group} (n={len(curves)})", linewidth=1.2, color=color, linestyle=style)
+        color, style = method_style(group)
+        ax.plot(rounds, mean, label=f"{label(group)} (n = {len(curves)})", linewidth=1.2, color=color, linestyle=style)
         if len(curves) > 1:
             std = acc.std(0, ddof=1)
-            ax.fill_between(rounds, mean - std, mean + std, alpha=0.2, color=color)
-    ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+            ax.fill_between(rounds, mean - std, mean + std, alpha=0.15, color=color, linewidth=0)
+
+
+def seed_gaps(runs: list[dict[str, Any]], baseline: str, window: int) -> dict[str, tuple[list[int], np.ndarray]]:
+    """Group name -> the per-seed smoothed gaps to the baseline's run of the same seed
+    (:func:`smoothed_gap` of each seed pair), at the smoothed rounds every pair shares: rounds and
+    an array of shape ``(seeds, len(rounds))`` in the curves' units. Groups sharing fewer than two
+    seeds with the baseline are left out (no spread to show). Their mean over seeds is the
+    group's :func:`gaps_to_baseline` where all seeds evaluated the same rounds.
+
+    Raises:
+        ValueError: ``window`` < 1.
+    """
+    groups = _runs_by_group(runs)
+    base = {b.get("seed"): b["curve"] for b in groups.pop(baseline, [])}
+    out = {}
+    for group, mine in groups.items():
+        pairs = [smoothed_gap(m["curve"], base[m.get("seed")], window) for m in mine if m.get("seed") in base]
+        pairs = [p for p in pairs if p[0]]
+        if len(pairs) < 2:
+            continue
+        rounds = sorted(set.intersection(*(set(r) for r, _ in pairs)))
+        out[group] = (rounds, np.array([[dict(zip(r, g))[x] for x in rounds] for r, g in pairs]))
+    return out
 
 
 def plot_gap(runs: list[dict[str, Any]], baseline: str, window: int, path: str | Path,
              title: str | None = None) -> None:
     """Each group's smoothed gap to ``baseline`` (:func:`gaps_to_baseline`, paired by seed, in
-    accuracy points) against round, with the zero line: where a line crosses zero for the last
-    time from below is the overtaking round of the report. The raw curves of methods within a
-    point of each other overlap; their gaps do not.
+    accuracy points) against round, with the zero line and, for a group with two or more seeds
+    paired with the baseline, a ±1 std band over the per-seed gaps (:func:`seed_gaps`): where a
+    line crosses zero for the last time from below is the overtaking round of the report. The raw
+    curves of methods within a point of each other overlap; their gaps do not.
 
     Raises:
         ImportError: matplotlib is not installed.
         ValueError: no group named ``baseline``; ``window`` < 1.
     """
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("flcore report: curves need matplotlib: pip install 'flcore[plot]'") from None
     gaps = gaps_to_baseline(runs, baseline, window)
-    fig = Figure(figsize=(7.5, 4.5))
-    ax = fig.add_subplot()
+    bands = seed_gaps(runs, baseline, window)
+    fig, ax = _figure()
     ax.axhline(0.0, color="black", linewidth=0.8)
-    for i, group in enumerate(_runs_by_group(runs)):  # curves.png's colours
-        if group not in gaps:
-            continue
-        rounds, diff = gaps[group]
-        color, style = f"C{i % 10}", ("-", "--", ":", "-.")[i // 10 % 4]
-        ax.plot(rounds, diff * 100, label=group, linewidth=1.2, color=color, linestyle=style)
+    for group, (rounds, diff) in gaps.items():
+        color, style = method_style(group)
+        n = len(bands[group][1]) if group in bands else 1
+        ax.plot(rounds, diff * 100, label=f"{group} (n = {n})", linewidth=1.2, color=color, linestyle=style)
+        if group in bands:
+            r, per_seed = bands[group]
+            mean, std = per_seed.mean(0) * 100, per_seed.std(0, ddof=1) * 100
+            ax.fill_between(r, mean - std, mean + std, alpha=0.15, color=color, linewidth=0)
     ax.set_xlabel("round")
     ax.set_ylabel(f"test accuracy minus {baseline} (points)")
-    ax.set_title(title or f"gap to {baseline}, trailing mean over {window} evaluations", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, ax, path, title or f"gap to {baseline}, trailing mean over {window} evaluations")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,8 +483,15 @@ def main(argv: list[str] | None = None) -> int:
                                                     "relative-speed column) compares against")
     p.add_argument("--early", type=int, default=None, metavar="ROUNDS",
                    help="add the mean test accuracy over the evaluations at rounds <= ROUNDS (early-phase speed)")
+    p.add_argument("--columns", nargs="+", default=None, metavar="KEY",
+                   help=f"also write summary.md with these columns only ({', '.join(COLUMNS)})")
+    p.add_argument("--claims", default=None, metavar="YAML",
+                   help="also write claims.md: the claims of this file tested on these runs (flcore.claims)")
+    p.add_argument("--no-figures", action="store_true", help="write the tables only")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
+    if args.columns is not None and (bad := [c for c in args.columns if c not in COLUMNS]):
+        p.error(f"--columns: unknown {bad}; allowed: {', '.join(COLUMNS)}")
     if args.last < 1:
         p.error(f"--last: must be >= 1, got {args.last}")
     if args.early is not None and args.early < 1:
@@ -390,20 +506,36 @@ def main(argv: list[str] | None = None) -> int:
         try:
             overtaking(rows, runs, args.baseline, args.last)
             if args.target:
-                relative_speed(rows, args.baseline, args.target[0])
+                relative_speed(rows, args.baseline, args.target[0], runs)
         except ValueError as err:
             p.error(str(err))
     table = markdown_table(rows, tuple(args.target), args.last)
     (out / "report.md").write_text(table)
     write_csv(rows, out / "report.csv")
-    figures = ["curves.png"] + (["gap.png"] if args.baseline else [])
+    written = ["report.md", "report.csv"]
+    if args.columns:
+        (out / "summary.md").write_text(markdown_table(rows, tuple(args.target), args.last, tuple(args.columns)))
+        written.append("summary.md")
+    if args.claims:
+        from flcore.claims import claims_table, evaluate_claims, load_claims
+
+        try:
+            spec = load_claims(args.claims)
+            results = evaluate_claims(spec["claims"], runs, args.last, args.early, spec["skip_missing"])
+        except (OSError, ValueError) as err:
+            p.error(str(err).splitlines()[0])
+        (out / "claims.md").write_text(claims_table(results, args.last, args.early))
+        written.append("claims.md")
+    figures = [] if args.no_figures else ["curves.png"] + (["gap.png"] if args.baseline else [])
+    written += figures
     try:
-        plot_curves(runs, out / "curves.png", args.title)
-        if args.baseline:
+        if figures:
+            plot_curves(runs, out / "curves.png", args.title)
+        if figures and args.baseline:
             plot_gap(runs, args.baseline, args.last, out / "gap.png",
                      args.title and f"{args.title}: gap to {args.baseline}, trailing mean over {args.last} evaluations")
     except ImportError as err:
         print(f"flcore report: {err}")
     print(table, end="")
-    print(f"flcore report: {len(runs)} runs in {len(rows)} groups; wrote {out}/report.md, report.csv, {', '.join(figures)}")
+    print(f"flcore report: {len(runs)} runs in {len(rows)} groups; wrote {out}/{', '.join(written)}")
     return 0

@@ -143,7 +143,9 @@ def test_rounds_to_target_and_grouping():
     assert row["last_evals_mean"][0] == pytest.approx(0.6) and row["last_evals_mean"][1] == pytest.approx(math.sqrt(0.02))
     assert math.isnan(row["best_test_acc_paper_protocol"][0])  # not recorded by these runs: "—"
     runs[0]["record"]["best_test_acc_paper_protocol"] = {"round": 10, "test_acc": 0.65}
-    assert summarize(runs, (0.7,))[0]["best_test_acc_paper_protocol"] == (0.65, 0.0)
+    best = summarize(runs, (0.7,))[0]["best_test_acc_paper_protocol"]
+    assert best[0] == 0.65 and math.isnan(best[1])  # one value: no spread, printed bare
+    assert "| 65.00 |" in markdown_table(summarize(runs, (0.7,)), (0.7,))
     # early phase: the mean over the evaluations at rounds <= 7 (round 5 only), then over the runs
     runs.append({"group": "b", "record": {"rounds_completed": 10}, "curve": [(10, 0.9)]})  # none that early
     rows = summarize(runs, (), 1, early=7)
@@ -167,6 +169,17 @@ def test_relative_speed_as_table_1():
     assert "speed vs baseline at 85 %" in table and "| x2.0 |" in table and "| — |" in table
     with pytest.raises(ValueError, match="--baseline: no run group 'nope'"):
         relative_speed(rows, "nope", 0.85)
+
+
+def test_relative_speed_pairs_seeds():
+    """A one-seed variant is compared with the baseline's run of its seed, not the seed mean."""
+    runs = [{"group": "fedavg", "seed": str(s), "record": {}, "curve": [(r, 0.9)]} for s, r in ((0, 10), (1, 20), (2, 30))]
+    runs.append({"group": "variant", "seed": "0", "record": {}, "curve": [(10, 0.9)]})
+    rows = summarize(runs, (0.85,))
+    relative_speed(rows, "fedavg", 0.85)
+    assert rows[1]["speed"] == pytest.approx(2.0)  # unpaired: the 3-seed mean 20 / 10
+    relative_speed(rows, "fedavg", 0.85, runs)
+    assert rows[1]["speed"] == pytest.approx(1.0) and rows[0]["speed"] == pytest.approx(1.0)  # 10 / 10; 20 / 20
 
 
 def test_overtaking_round_on_smoothed_curves():
@@ -339,6 +352,19 @@ def test_sweep_variant_labels_carry_their_own_args():
     assert runs[0]["args"][:4] == ["--seed_everything", "3", "--z", "1"]
     with pytest.raises(ValueError, match="configs.bad: a variant needs 'config'"):
         expand({"configs": {"bad": {"args": []}}})
+
+
+def test_sweep_linked_keys_vary_together():
+    """``"a,b": [[1, 1], [2, 2]]`` runs two points (not four), named by the first key: how a new
+    seed also draws a new partition."""
+    runs = expand({"log_dir": "runs/x", "configs": {"fedavg": "a.yaml"},
+                   "grid": {"seed_everything,data.init_args.seed": [[1, 1], [2, 2]],
+                            "data.init_args.partition.init_args.beta": [0.5]}})
+    assert [r["name"] for r in runs] == ["fedavg__seed=1__beta=0.5", "fedavg__seed=2__beta=0.5"]
+    assert runs[1]["args"][:6] == ["--seed_everything", "2", "--data.init_args.seed", "2",
+                                   "--data.init_args.partition.init_args.beta", "0.5"]
+    with pytest.raises(ValueError, match=r"grid.seed_everything,data.init_args.seed: linked keys take a list of \[value, value\]"):
+        expand({"configs": {"a": "a.yaml"}, "grid": {"seed_everything,data.init_args.seed": [1, 2]}})
 
 
 def test_sweep_only_selects_by_pattern_and_names_bad_patterns():
