@@ -14,13 +14,13 @@ import importlib
 import inspect
 import os
 import tempfile
-import typing
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 
 from flcore.batchnorm import BN_POLICIES, bn_entries
+from flcore.compat import precision_choices
 from flcore.errors import ConfigError, first_line
 from flcore.local import DEFAULT_LOCAL, quiet_lightning
 from flcore.strategies.base import HeterogeneousStrategy, Strategy
@@ -130,7 +130,7 @@ def check_local(local: dict[str, Any]) -> None:
         raise ConfigError(f"trainer.local.accelerator: {accelerator!r} is not available on this machine; "
                           f"allowed here: {available}")
     precision = local.get("precision", "32-true")
-    allowed_precision = list(typing.get_args(importlib.import_module("lightning.fabric.connector")._PRECISION_INPUT_STR))
+    allowed_precision = precision_choices()
     allowed_precision = [p for p in allowed_precision if not p.startswith("transformer-engine")]
     gpu = torch.cuda.is_available() and accelerator != "cpu"
     if not gpu:

@@ -1,6 +1,6 @@
 """Errors shown to the user as one line, before any training."""
 
-__all__ = ["ConfigError", "ClientFailureError", "RunInterrupted", "first_line"]
+__all__ = ["ConfigError", "ClientFailureError", "DivergedError", "RunInterrupted", "first_line"]
 
 
 def first_line(err: BaseException, limit: int = 200) -> str:
@@ -20,6 +20,11 @@ class ClientFailureError(RuntimeError):
     Raised after the last good state was checkpointed; the message names the round, the clients
     and the checkpoint.
     """
+
+
+class DivergedError(ClientFailureError):
+    """The global model turned non-finite (a NaN or infinity in the server state, or a non-finite
+    test loss): the run stops with the last good round checkpointed, as for a failed round."""
 
 
 class RunInterrupted(BaseException):

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 
 from datamodules.base import ShuffledEpochs
+from flcore.compat import has_plain_loading, rewind_fit_loop
+from flcore.interrupts import check as check_stop
 from flcore.seeding import STREAM_CLIENT, derive_seed
 from flcore.messages import ClientFailure, ClientResult, ClientTask
 from lightning_modules.client import ClientModule, EarlierEpoch
@@ -80,17 +82,6 @@ def cheap_cuda_probe() -> None:
     ``0`` and CUDA's own (cached) answer is used. Machines with a device are left alone."""
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
-
-
-def _rewind(trainer: L.Trainer) -> None:
-    """Reset the fit loop's progress so the next ``fit`` runs ``max_epochs`` fresh epochs."""
-    loop = trainer.fit_loop
-    loop.epoch_progress.reset()
-    loop.epoch_loop.batch_progress.reset()
-    loop.epoch_loop.automatic_optimization.optim_progress.reset()
-    loop.epoch_loop.manual_optimization.optim_step_progress.reset()
-    loop.epoch_loop._batches_that_stepped = 0
-    trainer.should_stop = False
 
 
 class _ClientSchedule(L.Callback):
@@ -168,15 +159,10 @@ def live_state(net: torch.nn.Module) -> dict[str, Tensor] | None:
     tensors: a module with load hooks, its own ``_load_from_state_dict`` (other than
     BatchNorm's, which only fills a missing ``num_batches_tracked``) or extra state. Valid until
     the net's tensors are replaced (``.to(device)`` replaces buffers): take it once per fit."""
-    for m in net.modules():
-        if (m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks
-                or type(m)._load_from_state_dict not in _PLAIN_LOADERS):
-            return None
+    if not all(has_plain_loading(m) for m in net.modules()):
+        return None
     live = net.state_dict(keep_vars=True)
     return live if all(isinstance(v, Tensor) for v in live.values()) else None
-
-
-_PLAIN_LOADERS = (torch.nn.Module._load_from_state_dict, torch.nn.modules.batchnorm._NormBase._load_from_state_dict)
 
 
 @torch.no_grad()
@@ -228,6 +214,7 @@ class LocalEpochs:
     def __iter__(self):
         for e in range(self.epochs):
             for batches in self.source:
+                check_stop()  # a safe point: a pending SIGINT / SIGTERM stops the run here
                 yield batches if e == self.epochs - 1 else EarlierEpoch(batches)
 
 
@@ -344,8 +331,7 @@ class LocalRunner:
         module = self.modules[tasks[0].arch]
         per_epoch = _hooks_per_client(self.trainer, module)
         schedule = _ClientSchedule(self, tasks, rnd, per_epoch)
-        _rewind(self.trainer)
-        self.trainer.fit_loop.max_epochs = len(tasks) if per_epoch else 1
+        rewind_fit_loop(self.trainer, len(tasks) if per_epoch else 1)
         self.trainer.callbacks.append(schedule)
         try:
             self.trainer.fit(module, train_dataloaders=_SourceChain(schedule, self.trainer))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import signal
-import threading
 import time
 import uuid
 import warnings
@@ -15,19 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from flcore.batchnorm import bn_entries
 from flcore.checks import check_architectures, check_run
 from flcore.checkpoint import load_checkpoint, load_resume_checkpoint, resolve_ckpt_path, save_checkpoint
-from flcore.errors import ClientFailureError, ConfigError, RunInterrupted
+from flcore.errors import ClientFailureError, ConfigError, DivergedError, RunInterrupted
 from flcore.executors import Executor, SequentialExecutor
-from flcore.functional import model_geometry, state_bytes, trained_keys
-from flcore.local import DEFAULT_LOCAL, LocalRunner
+from flcore.diagnostics import client_drift, middleware_stats, nonfinite_entries, payload_bytes
+from flcore.evaluation import client_accuracy_stats, evaluate_clients, evaluate_global, global_models
+from flcore.functional import state_bytes
+from flcore.interrupts import check as check_stop, stop_on_signals
+from flcore.local import LocalRunner
 from flcore.progress import RoundProgress
-from flcore.results import select_best, write_metrics_csv, write_results_json
+from flcore.lifecycle import (check_resume, client_states, draw_partition, experiment_fields, hparams, summarize_run,
+                              write_config)
+from flcore.results import write_metrics_csv, write_results_json
 from flcore.samplers import ClientSampler, UniformSampler
 from flcore.seeding import STREAM_SAMPLER, STREAM_STRATEGY, round_rng
 from flcore.messages import ClientFailure, ClientResult, ClientTask
@@ -37,63 +38,10 @@ from flcore.strategies.multimodel import MultiModelStrategy
 
 __all__ = ["FederatedTrainer"]
 
-
-def client_accuracy_stats(accs: np.ndarray) -> dict[str, float]:
-    """Mean, standard deviation, minimum and worst-10 % mean (the mean over the
-    ``ceil(0.1 * n)`` lowest) of per-client accuracies, ignoring NaN (clients without test data)."""
-    a = np.sort(np.asarray(accs, dtype=float)[~np.isnan(accs)])
-    if not len(a):
-        return {}
-    worst = a[: max(1, math.ceil(0.1 * len(a)))]
-    return {"clients/test_acc_mean": float(a.mean()), "clients/test_acc_std": float(a.std()),
-            "clients/test_acc_min": float(a[0]), "clients/test_acc_worst10": float(worst.mean())}
+# moved; importable from here as before
+client_accuracy_stats, _client_states = client_accuracy_stats, client_states
 
 
-def _client_states(ckpt: dict[str, Any]) -> dict[str, dict[int, Any]]:
-    """The client states of a checkpoint: ``{"module": {cid: state}, "bn": {cid: entries}}``.
-    Checkpoints written before client state became the trainer's kept it inside the strategy
-    state (``strategy_state["clients"]``): moved here."""
-    bn = dict(ckpt.get("client_bn", {}))
-    if "client_states" in ckpt:
-        return {"module": dict(ckpt["client_states"]), "bn": bn}
-    state = ckpt.get("strategy_state")
-    return {"module": dict(state.pop("clients", {})) if isinstance(state, dict) else {}, "bn": bn}
-
-
-def _client_drift(tasks: list[ClientTask], results: list[ClientResult]) -> dict[str, float]:
-    """``analysis/client_drift_mean`` and ``_max``: ``||w_k - w_sent||`` over the trained weights."""
-    sent = {(t.cid, t.slot): t.state for t in tasks}
-    drifts = []
-    for r in results:
-        base = sent[(r.cid, r.slot)]
-        sq = sum(float((r.state[k].double() - base[k].double()).pow(2).sum()) for k in trained_keys(base))
-        drifts.append(math.sqrt(sq))
-    return {"analysis/client_drift_mean": float(np.mean(drifts)), "analysis/client_drift_max": float(np.max(drifts))} \
-        if drifts else {}
-
-
-def _middleware_stats(models: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-    """Pairwise cosine / distance statistics of the K middleware models and their distances to
-    their mean (:func:`flcore.functional.model_geometry`)."""
-    geo = model_geometry(models)
-    k = len(models)
-    off = ~torch.eye(k, dtype=torch.bool)
-    cos, dist = geo["cosine"][off], geo["distance"][off]
-    return {"analysis/middleware_cos_min": float(cos.min()), "analysis/middleware_cos_mean": float(cos.mean()),
-            "analysis/middleware_dist_mean": float(dist.mean()), "analysis/middleware_dist_max": float(dist.max()),
-            "analysis/middleware_to_mean_mean": float(geo["to_mean"].mean()),
-            "analysis/middleware_to_mean_max": float(geo["to_mean"].max())} if k > 1 else {}
-
-
-def _payload_bytes(payload: dict[str, Any]) -> int:
-    """Bytes of the tensors in a payload (client state is a separate field, never counted)."""
-    total = 0
-    for v in payload.values():
-        if isinstance(v, torch.Tensor):
-            total += v.numel() * v.element_size()
-        elif isinstance(v, dict):
-            total += _payload_bytes(v)
-    return total
 
 
 class FederatedTrainer:
@@ -166,7 +114,9 @@ class FederatedTrainer:
     rewritten every round) and ``results.json`` (:mod:`flcore.results`), plus
     ``partition.png`` (the clients' label distribution) when matplotlib is installed.
 
-    SIGINT / SIGTERM during ``fit`` checkpoint the last completed round and raise
+    SIGINT / SIGTERM during ``fit`` request a stop (:mod:`flcore.interrupts`): at the next safe
+    point (before a round, after a round's records and checkpoint, before a client's local epoch,
+    while an executor waits) the run checkpoints the last completed round and raises
     :class:`~flcore.errors.RunInterrupted`; resume with ``ckpt_path="last"``.
 
     TensorBoard scalars (step = round, 1-based): ``global/test_acc``, ``global/test_loss``,
@@ -261,10 +211,10 @@ class FederatedTrainer:
         if ckpt_path:
             path = resolve_ckpt_path(ckpt_path, Path(self.log_dir) / self.name)
             ckpt = load_resume_checkpoint(path)
-            self._check_resume(ckpt, datamodule, path)
+            check_resume(ckpt, self.rounds, self.run_config, datamodule, path)
             start, state, version = ckpt["round"], ckpt["strategy_state"], ckpt.get("version")
             self.run_id = ckpt.get("run_id") or self.run_id
-            kept = _client_states(ckpt)
+            kept = client_states(ckpt)
             self.history = list(ckpt.get("history", []))
             self._wall_before = float(ckpt.get("wall_time_s", 0.0))
         hetero = self._modules is not None
@@ -298,25 +248,27 @@ class FederatedTrainer:
         logger = TensorBoardLogger(self.log_dir, name=self.name, version=version, default_hp_metric=False, **tb_kwargs)
         self.run_dir = Path(logger.log_dir)
         if start == 0:
-            logger.log_hyperparams(self._hparams(seed, datamodule))
-        self._write_config()
+            logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule))
+        write_config(self.run_dir, self.run_config)
         if hasattr(datamodule, "save_artifacts"):  # e.g. Sent140's vocabulary
             datamodule.save_artifacts(self.run_dir)
         if start == 0:
-            self._draw_partition(datamodule, logger)
+            draw_partition(self.run_dir, datamodule, logger)
         t0 = time.perf_counter()
         self._t0 = t0
         completed = start
         last_save = t0
-        with _signals_raise_interrupt(), RoundProgress(self.rounds, start) as progress, _closing(self.executor):
+        with stop_on_signals(), RoundProgress(self.rounds, start) as progress, _closing(self.executor):
             try:
                 for rnd in range(start, self.rounds):
+                    check_stop()  # a signal during the previous round's records or checkpoint stops here
                     out_of_time = self.max_time_s is not None and time.perf_counter() - t0 >= self.max_time_s
                     state, kept, metrics, completed = *self._round(rnd, state, kept, runner, datamodule, seed,
                                                                    out_of_time), rnd + 1
                     if self.client_eval_every and (completed % self.client_eval_every == 0 or completed == self.rounds
                                                    or out_of_time):
-                        accs = self._evaluate_clients(runner, state, kept["bn"])
+                        accs = evaluate_clients(runner, self._global_models(state), self._client_arch, self.client_test_size,
+                                                kept["bn"])
                         metrics.update(client_accuracy_stats(accs))
                         logger.experiment.add_histogram("clients/test_acc", accs, global_step=completed)
                     self.history.append({"round": completed, **metrics})
@@ -331,6 +283,8 @@ class FederatedTrainer:
                     if out_of_time:
                         print(f"flcore: trainer.max_time_s={self.max_time_s} reached after round {completed}")
                         break
+                    if completed < self.rounds:
+                        check_stop()
             except (RunInterrupted, ClientFailureError) as err:
                 logger.finalize("interrupted")
                 path = self._save(completed, state, kept, datamodule, logger.version)
@@ -338,15 +292,16 @@ class FederatedTrainer:
                 msg = f"{err}; last good state (round {completed}) saved to {path}"
                 if isinstance(err, RunInterrupted):
                     raise RunInterrupted(err.signum, msg) from None
-                raise ClientFailureError(msg) from None
+                raise type(err)(msg) from None
         status = "finished" if completed == self.rounds else "out_of_time"
         record = self._write_results(seed, status)
-        logger.log_hyperparams(self._hparams(seed, datamodule), metrics={
+        logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule), metrics={
             "hp/final_test_acc": (record["final"] or {}).get("global/test_acc", math.nan),
             "hp/test_acc_at_best_val": record["test_acc_at_best_val"] if record["test_acc_at_best_val"] is not None
             else math.nan})
         logger.finalize("success")
-        return self._summary(time.perf_counter() - t0)
+        return summarize_run(self.history, time.perf_counter() - t0, self.run_dir, type(self.strategy).__name__,
+                             self.report_best_test)
 
     def _round(self, rnd, state, kept, runner, datamodule, seed, force_eval=False):
         """One round: returns ``(strategy state, client states, metrics)``. The client states
@@ -378,12 +333,16 @@ class FederatedTrainer:
                 r.agg_weight = 1.0
         self.sampler.observe(tasks, results)  # before aggregation, which may reuse the results' tensors
         stats_due = bool(self.model_stats_every) and (rnd + 1) % self.model_stats_every == 0
-        stats = _client_drift(tasks, results) if stats_due else {}
+        stats = client_drift(tasks, results) if stats_due else {}
         local_bn = {r.cid: {k: r.state[k].clone() for k in self._bn_keys.get(self._arch_of(r.cid), [])}
                     for r in results} if self.bn_policy != "average" else {}  # before aggregation reuses them
         state = self.strategy.aggregate_fit(rnd, results, state, rng)
+        bad = nonfinite_entries(state)
+        if bad:
+            raise DivergedError(f"round {rnd + 1}: the global model diverged (non-finite {', '.join(bad[:3])}"
+                                f"{' ...' if len(bad) > 3 else ''}); lower the learning rate or check the data")
         if stats_due and isinstance(self.strategy, MultiModelStrategy):
-            stats.update(_middleware_stats(state["models"]))
+            stats.update(middleware_stats(state["models"]))
         if any(r.client_state is not None for r in results) or local_bn:  # failed clients keep their old state
             kept = {"module": {**kept["module"], **{r.cid: r.client_state for r in results if r.client_state is not None}},
                     "bn": {**kept["bn"], **local_bn}}
@@ -392,8 +351,8 @@ class FederatedTrainer:
         metrics: dict[str, float] = {
             "round/wall_time_s": wall,
             "round/samples_per_s": sum(r.num_samples for r in results) * epochs / max(wall, 1e-9),
-            "round/bytes_down": float(sum(state_bytes(t.state) + _payload_bytes(t.payload) for t in tasks)),
-            "round/bytes_up": float(sum(state_bytes(r.state) + _payload_bytes(r.payload) for r in results)),
+            "round/bytes_down": float(sum(state_bytes(t.state) + payload_bytes(t.payload) for t in tasks)),
+            "round/bytes_up": float(sum(state_bytes(r.state) + payload_bytes(r.payload) for r in results)),
             "round/failed_clients": float(len(failures)),
             **stats,
         }
@@ -402,59 +361,17 @@ class FederatedTrainer:
             if vals:
                 metrics[f"clients/{key}"] = sum(vals) / len(vals)
         if force_eval or (rnd + 1) % self.eval_every == 0 or rnd + 1 == self.rounds:
-            metrics.update(self._evaluate(runner, state))
+            metrics.update(evaluate_global(runner, self._global_models(state)))
+            if not math.isfinite(metrics["global/test_loss"]):
+                raise DivergedError(f"round {rnd + 1}: the global model diverged (test loss "
+                                    f"{metrics['global/test_loss']}); lower the learning rate or check the data")
         return state, kept, metrics
-
-    def _evaluate(self, runner: LocalRunner, state, stage: str = "test", with_val: bool = True) -> dict[str, float]:
-        """``global/test_acc`` and ``global/test_loss``, and ``global/val_acc`` / ``global/val_loss``
-        when the data has a validation set; in heterogeneous runs, those of every architecture's
-        model (``global/test_acc/<arch>``, ...) and their unweighted mean."""
-        splits = [("test", runner.datamodule.test_dataloader)]
-        if with_val and getattr(runner.datamodule, "has_val", False):
-            splits.append(("val", runner.datamodule.val_dataloader))
-        models = ({None: self.strategy.global_model(state)} if self._modules is None
-                  else self.strategy.global_models(state))
-        out: dict[str, float] = {}
-        for split, loader in splits:
-            for arch, arch_state in models.items():
-                ev = runner.evaluate(arch_state, stage, arch=arch, dataloader=loader())
-                suffix = "" if arch is None else f"/{arch}"
-                out[f"global/{split}_acc{suffix}"], out[f"global/{split}_loss{suffix}"] = ev["test_acc"], ev["test_loss"]
-            if self._modules is not None:
-                for key in (f"{split}_acc", f"{split}_loss"):
-                    vals = [v for k, v in out.items() if k.startswith(f"global/{key}/")]
-                    out[f"global/{key}"] = sum(vals) / len(vals)
-        return out
 
     def _arch_of(self, cid: int) -> str | None:
         return self._client_arch[cid] if self._modules is not None else None
 
-    def _evaluate_clients(self, runner: LocalRunner, state, local_bn: dict[int, dict] | None = None) -> np.ndarray:
-        """``(num_clients,)`` accuracies of the global model(s) on each client's local test data
-        (NaN for a client without test data); a client with local BN entries (``bn_policy``) is
-        evaluated with them."""
-        sets = runner.datamodule.client_test_sets(self.client_test_size)
-        models = ({None: self.strategy.global_model(state)} if self._modules is None
-                  else self.strategy.global_models(state))
-        accs = np.full(len(sets), np.nan)
-        local_bn = local_bn or {}
-        for c, entries in local_bn.items():
-            if len(sets[c]):
-                own = {**models[self._arch_of(c)], **entries}
-                accs[c] = float(runner.sample_correct(own, sets[c], arch=self._arch_of(c)).float().mean())
-        for arch, arch_state in models.items():
-            clients = [c for c in range(len(sets)) if (arch is None or self._client_arch[c] == arch)
-                       and c not in local_bn]
-            union, inverse = np.unique(np.concatenate([sets[c] for c in clients] or [np.zeros(0, np.int64)]),
-                                       return_inverse=True)
-            correct = runner.sample_correct(arch_state, union, arch=arch).numpy()[inverse]
-            start = 0
-            for c in clients:
-                n = len(sets[c])
-                if n:
-                    accs[c] = correct[start:start + n].mean()
-                start += n
-        return accs
+    def _global_models(self, state) -> dict:
+        return global_models(self.strategy, state, self._modules is not None)
 
     # ------------------------------------------------------------------ evaluate a checkpoint
     def validate(self, model: L.LightningModule, datamodule=None, ckpt_path: str | None = "last") -> dict[str, float]:
@@ -480,7 +397,7 @@ class FederatedTrainer:
         runner = LocalRunner(self._modules if self._modules is not None else model, datamodule, self.local, 0,
                              self.callbacks)
         try:
-            result = self._evaluate(runner, ckpt["strategy_state"], stage, with_val=False)
+            result = evaluate_global(runner, self._global_models(ckpt["strategy_state"]), stage, with_val=False)
             result = {k.removeprefix("global/"): v for k, v in result.items()}
         except (KeyError, RuntimeError) as err:
             raise ConfigError(
@@ -490,66 +407,6 @@ class FederatedTrainer:
         return result
 
     # ------------------------------------------------------------------ helpers
-    def _hparams(self, seed, datamodule) -> dict[str, Any]:
-        hp: dict[str, Any] = {
-            "seed": seed, "strategy": type(self.strategy).__name__, "rounds": self.rounds,
-            "clients_per_round": self.clients_per_round, "num_clients": datamodule.num_clients,
-            "local_epochs": self.local.get("max_epochs", 5), "batch_size": datamodule.batch_size,
-            "dataset": type(datamodule).__name__, "partition": type(datamodule.partition).__name__,
-        }
-        hp.update({f"strategy.{k}": v for k, v in vars(self.strategy).items() if isinstance(v, (int, float, str, bool))})
-        hp.update({f"partition.{k}": v for k, v in vars(datamodule.partition).items() if isinstance(v, (int, float))})
-        return hp
-
-    def _write_config(self) -> None:
-        if self.run_config is None or self.run_dir is None:
-            return
-        import yaml
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
-
-    def _experiment_fields(self) -> dict[str, Any]:
-        """The config fields that define the experiment (a resume must not change them). The data's
-        location may change (``root``, ``download``, ``eval_batch_size``); nothing else may."""
-        cfg = self.run_config or {}
-        trainer = cfg.get("trainer", {}) or {}
-        data = dict(cfg.get("data") or {})
-        data["init_args"] = {k: v for k, v in (data.get("init_args") or {}).items()
-                             if k not in ("root", "download", "eval_batch_size")}
-        return {"seed_everything": cfg.get("seed_everything"), "model": cfg.get("model"), "data": data,
-                "trainer.strategy": trainer.get("strategy"), "trainer.clients_per_round": trainer.get("clients_per_round"),
-                "trainer.local": trainer.get("local"), "trainer.architectures": trainer.get("architectures"),
-                "trainer.client_architectures": trainer.get("client_architectures"),
-                "trainer.bn_policy": trainer.get("bn_policy", "average")}
-
-    def _check_resume(self, ckpt, datamodule, path: Path) -> None:
-        """Refuse a resume that would rewrite a finished run, mix runs, or change the experiment."""
-        if ckpt["round"] >= self.rounds:
-            raise ConfigError(f"ckpt_path: {path} is a finished run ({ckpt['round']} rounds, trainer.rounds={self.rounds}); "
-                              f"raise trainer.rounds to continue it, or run without --ckpt_path to start a new run")
-        record = path.parent.parent / "results.json"
-        if ckpt.get("run_id") and record.is_file():
-            import json
-
-            try:
-                other = json.loads(record.read_text()).get("run_id")
-            except (OSError, ValueError):
-                other = None
-            if other and other != ckpt["run_id"]:
-                raise ConfigError(f"ckpt_path: {path} belongs to run {ckpt['run_id']}, but its folder holds run {other}; "
-                                  f"resume refuses to mix runs")
-        if ckpt.get("partition_checksum") not in (None, datamodule.partition_checksum()):
-            raise ConfigError("ckpt_path: the checkpoint was made with a different data partition")
-        old = ckpt.get("experiment")
-        if old is None or self.run_config is None:
-            return
-        new = self._experiment_fields()
-        # a field an older checkpoint does not record had its default then (new fields are added with one)
-        differ = sorted(k for k in new if k in old and new[k] != old[k])
-        if differ:
-            raise ConfigError(f"ckpt_path: resuming with a different experiment is refused; fields differ: {', '.join(differ)}")
-
     def _save(self, completed_rounds, state, kept, datamodule, version) -> Path:
         assert self.run_dir is not None
         payload = {
@@ -562,7 +419,7 @@ class FederatedTrainer:
             "history": self.history,
             "partition_checksum": datamodule.partition_checksum(),
             "version": version,
-            "experiment": self._experiment_fields() if self.run_config is not None else None,
+            "experiment": experiment_fields(self.run_config) if self.run_config is not None else None,
             "wall_time_s": self._wall_total(),
         }
         return save_checkpoint(payload, self.run_dir / "checkpoints" / f"round_{completed_rounds:05d}.ckpt",
@@ -577,55 +434,6 @@ class FederatedTrainer:
     def _wall_total(self) -> float:
         return getattr(self, "_wall_before", 0.0) + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
 
-    def _draw_partition(self, datamodule, logger) -> None:
-        """``partition.png`` (label-distribution bubble chart) in the run folder and TensorBoard's
-        images, when matplotlib is installed (an optional extra)."""
-        try:
-            from datamodules.plot import plot_label_distribution
-        except ImportError:
-            return
-        try:
-            part = datamodule.partition
-            args = ", ".join(f"{k}={v}" for k, v in vars(part).items() if isinstance(v, (int, float, str))
-                             and not k.startswith("max_"))
-            fig = plot_label_distribution(datamodule.label_distribution(),
-                                          title=f"{type(datamodule).__name__}: {type(part).__name__}({args}), "
-                                                f"{datamodule.num_clients} clients")
-        except ImportError:
-            return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(self.run_dir / "partition.png", dpi=100)
-        logger.experiment.add_figure("data/partition", fig, global_step=0, close=True)
-
-    def _summary(self, wall: float) -> dict[str, Any]:
-        """The run's outcome: ``final`` (last evaluation), ``final_test_acc``, ``test_acc_at_best_val``
-        and ``best_val_round`` (``None`` without a validation set), ``best_test_acc`` and
-        ``best_round`` (the papers' test-selected figure), ``wall_time_s``, ``run_dir``."""
-        evals = [h for h in self.history if "global/test_acc" in h]
-        final = evals[-1] if evals else {}
-        top = select_best(self.history, "global/test_acc") or {}
-        best_val = select_best(self.history)
-        summary = {
-            "final": final,
-            "final_test_acc": final.get("global/test_acc", math.nan),
-            "test_acc_at_best_val": best_val["global/test_acc"] if best_val else None,
-            "best_val_round": best_val["round"] if best_val else None,
-            "best_test_acc": top.get("global/test_acc", math.nan),
-            "best_round": top.get("round", 0),
-            "wall_time_s": wall,
-            "run_dir": str(self.run_dir),
-        }
-        parts = [f"final test_acc {summary['final_test_acc']:.4f}"]
-        if best_val:
-            parts.append(f"test_acc at best val {best_val['global/test_acc']:.4f} (round {best_val['round']})")
-        if self.report_best_test:
-            parts.append(f"best test_acc (selected on test, papers' protocol) {summary['best_test_acc']:.4f} "
-                         f"(round {summary['best_round']})")
-        print(f"flcore: {type(self.strategy).__name__} finished {len(self.history)} rounds in {wall:.1f} s: "
-              f"{', '.join(parts)}; logs in {self.run_dir}")
-        return summary
-
-
 @contextmanager
 def _closing(executor: Executor):
     """Release the executor's workers however the run ends."""
@@ -635,24 +443,3 @@ def _closing(executor: Executor):
         executor.close()
 
 
-@contextmanager
-def _signals_raise_interrupt():
-    """While active (main thread only), SIGINT and SIGTERM raise :class:`RunInterrupted` once;
-    repeated signals are ignored so the checkpoint write that follows can finish."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired = []
-
-    def handler(signum, frame):
-        if fired:
-            return
-        fired.append(signum)
-        raise RunInterrupted(signum, f"interrupted by {signal.Signals(signum).name}")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

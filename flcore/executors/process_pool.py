@@ -8,16 +8,19 @@ import pickle
 import signal
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor as _Pool
+from concurrent.futures import ProcessPoolExecutor as _Pool, wait
 from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
 from flcore.executors.base import Executor, balanced_chunks
+from flcore.interrupts import check as check_stop
 from flcore.local import LocalRunner
 from flcore.messages import ClientFailure, ClientResult
 
 __all__ = ["ProcessPoolExecutor"]
+
+_POLL_S = 0.2  # how often the parent, waiting for a round's workers, looks for a stop request
 
 
 _WORKER: LocalRunner | None = None
@@ -117,6 +120,8 @@ class ProcessPoolExecutor(Executor):
         futures = [pool.submit(_fit_in_worker, pickle.dumps([tasks[i] for i in chunk]), rnd) for chunk in chunks]
         out: list[ClientResult | ClientFailure | None] = [None] * len(tasks)
         retry: list[int] = []
+        while wait(futures, timeout=_POLL_S).not_done:
+            check_stop()  # a stop request ends the round's wait (the trainer checkpoints and closes the pool)
         for chunk, fut in zip(chunks, futures):
             try:
                 for i, outcome in zip(chunk, pickle.loads(fut.result())):

@@ -16,10 +16,13 @@ from typing import Any
 import torch
 
 from flcore.executors.base import Executor, balanced_chunks
+from flcore.interrupts import check as check_stop
 from flcore.local import LocalRunner
 from flcore.messages import ClientFailure, ClientResult, ClientTask
 
 __all__ = ["RayExecutor", "datamodule_recipe"]
+
+_POLL_S = 0.2  # how often the driver, waiting for a round's actors, looks for a stop request
 
 _MISSING = "trainer.executor: RayExecutor needs the 'ray' package; install it with: pip install 'flcore[ray]'"
 
@@ -204,7 +207,11 @@ class RayExecutor(Executor):
             while queue and idle:
                 chunk, actor = queue.popleft(), idle.pop()
                 pending[actor.fit_many.remote([calls[i] for i in chunk], rnd)] = (chunk, actor)
-            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            ready: list = []
+            while not ready:
+                check_stop()  # a stop request ends the round's wait (the trainer checkpoints and closes)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_S)
+            ref = ready[0]
             chunk, actor = pending.pop(ref)
             try:
                 for i, outcome in zip(chunk, ray.get(ref)):

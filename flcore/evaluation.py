@@ -1,0 +1,94 @@
+"""Evaluation of the global model(s): on the global test (and validation) set, and on every
+client's held-out local data.
+
+A run's models are ``{architecture: state_dict}``; a single-model run is ``{None: state}``.
+Metric names: ``global/<split>_acc`` and ``global/<split>_loss``, per architecture
+``global/<split>_acc/<arch>``; the unweighted mean over architectures is the plain name.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from flcore.local import LocalRunner
+from flcore.strategies.base import Strategy
+
+__all__ = ["global_models", "evaluate_global", "evaluate_clients", "client_accuracy_stats"]
+
+
+def global_models(strategy: Strategy, state: Any, hetero: bool) -> dict[str | None, dict[str, torch.Tensor]]:
+    """The models to evaluate: ``{None: strategy.global_model(state)}``, or in a heterogeneous run
+    ``strategy.global_models(state)`` (one per architecture)."""
+    return strategy.global_models(state) if hetero else {None: strategy.global_model(state)}
+
+
+def evaluate_global(runner: LocalRunner, models: dict[str | None, dict[str, torch.Tensor]], stage: str = "test",
+                    with_val: bool = True) -> dict[str, float]:
+    """``global/test_acc`` and ``global/test_loss`` (accuracy as a fraction, mean cross-entropy),
+    and ``global/val_acc`` / ``global/val_loss`` when the data has a validation set and
+    ``with_val``; with several architectures, those of each (``global/test_acc/<arch>``, ...) and
+    their unweighted mean."""
+    splits = [("test", runner.datamodule.test_dataloader)]
+    if with_val and getattr(runner.datamodule, "has_val", False):
+        splits.append(("val", runner.datamodule.val_dataloader))
+    hetero = None not in models
+    out: dict[str, float] = {}
+    for split, loader in splits:
+        for arch, arch_state in models.items():
+            ev = runner.evaluate(arch_state, stage, arch=arch, dataloader=loader())
+            suffix = "" if arch is None else f"/{arch}"
+            out[f"global/{split}_acc{suffix}"], out[f"global/{split}_loss{suffix}"] = ev["test_acc"], ev["test_loss"]
+        if hetero:
+            for key in (f"{split}_acc", f"{split}_loss"):
+                vals = [v for k, v in out.items() if k.startswith(f"global/{key}/")]
+                out[f"global/{key}"] = sum(vals) / len(vals)
+    return out
+
+
+def evaluate_clients(runner: LocalRunner, models: dict[str | None, dict[str, torch.Tensor]],
+                     client_arch: list[str], test_size: int,
+                     local_bn: dict[int, dict[str, torch.Tensor]] | None = None) -> np.ndarray:
+    """``(num_clients,)`` accuracies of the global model(s) on each client's local test data
+    (:meth:`FederatedDataModule.client_test_sets` with ``test_size`` samples per client; NaN for a
+    client without test data). In a heterogeneous run each client uses its architecture's model
+    (``client_arch[c]``); a client with local BatchNorm entries (``local_bn``, FedBN) is
+    evaluated with them."""
+    sets = runner.datamodule.client_test_sets(test_size)
+    hetero = None not in models
+
+    def arch_of(c: int) -> str | None:
+        return client_arch[c] if hetero else None
+
+    accs = np.full(len(sets), np.nan)
+    local_bn = local_bn or {}
+    for c, entries in local_bn.items():
+        if len(sets[c]):
+            own = {**models[arch_of(c)], **entries}
+            accs[c] = float(runner.sample_correct(own, sets[c], arch=arch_of(c)).float().mean())
+    for arch, arch_state in models.items():
+        clients = [c for c in range(len(sets)) if (arch is None or client_arch[c] == arch) and c not in local_bn]
+        union, inverse = np.unique(np.concatenate([sets[c] for c in clients] or [np.zeros(0, np.int64)]),
+                                   return_inverse=True)
+        correct = runner.sample_correct(arch_state, union, arch=arch).numpy()[inverse]
+        start = 0
+        for c in clients:
+            n = len(sets[c])
+            if n:
+                accs[c] = correct[start:start + n].mean()
+            start += n
+    return accs
+
+
+def client_accuracy_stats(accs: np.ndarray) -> dict[str, float]:
+    """Mean, standard deviation, minimum and worst-10 % mean (the mean over the
+    ``ceil(0.1 * n)`` lowest) of per-client accuracies, ignoring NaN (clients without test data)."""
+    a = np.sort(np.asarray(accs, dtype=float)[~np.isnan(accs)])
+    if not len(a):
+        return {}
+    worst = a[: max(1, math.ceil(0.1 * len(a)))]
+    return {"clients/test_acc_mean": float(a.mean()), "clients/test_acc_std": float(a.std()),
+            "clients/test_acc_min": float(a[0]), "clients/test_acc_worst10": float(worst.mean())}
