@@ -168,10 +168,33 @@ def check_config_files(argv: list[str]) -> None:
             raise ConfigError(f"--config {path}: cannot be read as YAML ({str(err).splitlines()[0][:120]})") from None
 
 
+USAGE = """usage: flcore [-h] [--version] {fit,validate,test,sweep,report} ...
+
+Federated learning on PyTorch Lightning.
+
+subcommands:
+  fit        train: flcore fit --config X.yaml [--ckpt_path last]
+  validate   evaluate a checkpoint's global model: flcore validate --config X.yaml [--ckpt_path PATH]
+  test       test a checkpoint's global model: flcore test --config X.yaml [--ckpt_path PATH]
+  sweep      run a grid of experiments, resumably: flcore sweep GRID.yaml [--workers N]
+  report     tables and figures over run folders: flcore report RUNS... --out DIR
+
+flcore SUBCOMMAND --help shows a subcommand's options (fit --print_config prints a full config).
+"""
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``flcore`` console script. Returns 0, or exits 2 on bad input."""
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in ("sweep", "report"):
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0
+    if argv[0] == "--version":
+        from flcore import __version__
+
+        print(f"flcore {__version__}")
+        return 0
+    if argv[0] in ("sweep", "report"):
         from flcore import report, sweep
 
         code = (sweep if argv[0] == "sweep" else report).main(argv[1:])

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,15 @@ def test_every_shipped_config_parses(run_cli, config):
     code, out, err = run_cli("fit", "--config", str(Path(ROOT) / "configs" / config), "--print_config")
     assert code == 0, err
     assert "trainer:" in out and "model:" in out and "data:" in out
+
+
+def test_help_lists_every_subcommand_and_version_prints(run_cli):
+    from flcore import __version__
+
+    for args in ([], ["--help"]):
+        code, out, _ = run_cli(*args)
+        assert code == 0 and all(f"  {sub} " in out for sub in ("fit", "validate", "test", "sweep", "report"))
+    code, out, _ = run_cli("--version")
+    assert code == 0 and out.strip() == f"flcore {__version__}"
+    pyproject = open(os.path.join(ROOT, "pyproject.toml")).read()
+    assert f'version = "{__version__}"' in pyproject
