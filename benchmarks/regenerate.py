@@ -37,7 +37,7 @@ _HETERO_ARGS = ["--baseline", "fedavg_layerwise", "--claims", "benchmarks/hetero
                 "--columns", "group", "final", "last_mean", "early", "rounds_to", "speed", "overtakes", "std", "wall"]
 
 REPORTS: list[dict] = [
-    {"out": REPRO, "roots": [f"{REPRO}/records"], "exclude": "_m09",
+    {"out": REPRO, "roots": [f"{REPRO}/records"],
      "args": [*_REPRO_ARGS, "--claims", "benchmarks/reproduction/claims.yaml"]},
     {"out": f"{REPRO}/by_partition/dir01", "roots": [f"{REPRO}/records/*__beta=0.1"], "exclude": "_m09",
      "args": [*_REPRO_ARGS, "--baseline", "fedavg__beta=0.1", *_SUMMARY]},
