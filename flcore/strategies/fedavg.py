@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flcore.functional import StateDict, weighted_average
+from flcore.server_opt import ServerOptimizer, apply_server_step
 from flcore.strategies.base import ClientResult, ClientTask, Strategy
 
 __all__ = ["FedAvg"]
@@ -17,11 +18,29 @@ class FedAvg(Strategy):
     ``w <- sum_k (n_k / n) w_k`` over the returned models (all state_dict entries, BatchNorm
     buffers included; integer buffers rounded, see :mod:`flcore.functional`).
 
-    State: ``{"global": state_dict}``.
+    With ``server_optimizer`` (:mod:`flcore.server_opt`: FedAvgM, FedAdam, FedAdagrad, FedYogi;
+    Reddi et al., ICLR 2021, Algorithm 2) the aggregate is not the new global model: the round's
+    update ``aggregate - w`` is a step of that optimizer. The strategies built on FedAvg (FedProx,
+    SCAFFOLD, FedNova, MOON, FedGen) take the same argument.
+
+    State: ``{"global": state_dict}``, plus ``"server_opt"`` (the optimizer's ``m`` / ``v``) with
+    a server optimizer.
+
+    Args:
+        server_optimizer: a :class:`flcore.server_opt.ServerOptimizer`, or ``None`` (default:
+            the aggregate is the new global model).
     """
 
+    server_optimizer: ServerOptimizer | None = None
+
+    def __init__(self, server_optimizer: ServerOptimizer | None = None):
+        self.server_optimizer = server_optimizer
+
     def initialize(self, model_state: StateDict, clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
-        return {"global": {k: v.clone() for k, v in model_state.items()}}
+        state = {"global": {k: v.clone() for k, v in model_state.items()}}
+        if self.server_optimizer is not None:
+            state["server_opt"] = self.server_optimizer.init_state(state["global"])
+        return state
 
     def configure_fit(self, rnd, clients, state, rng) -> list[ClientTask]:
         return [ClientTask(cid=c, state=state["global"], slot=i) for i, c in enumerate(clients)]
@@ -29,7 +48,13 @@ class FedAvg(Strategy):
     def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
         if not results:
             return state
-        return {**state, "global": weighted_average([r.state for r in results], [r.weight for r in results])}
+        return self.server_step(state, {**state, "global": weighted_average([r.state for r in results],
+                                                                            [r.weight for r in results])})
+
+    def server_step(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+        """``new`` (this round's aggregate state) with the server optimizer's step applied to its
+        global model, from ``old["global"]`` (:func:`flcore.server_opt.apply_server_step`)."""
+        return apply_server_step(self.server_optimizer, old, new)
 
     def global_model(self, state) -> StateDict:
         return state["global"]

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from flcore.functional import StateDict
+from flcore.server_opt import ServerOptimizer
 from flcore.strategies.base import ClientTask
 from flcore.strategies.fedavg import FedAvg
 from lightning_modules.models.generator import FeatureGenerator, diversity_loss
@@ -137,7 +138,8 @@ class FedGen(GeneratorServer, FedAvg):
     """
 
     def __init__(self, noise_dim: int = 32, hidden: int = 256, generator_lr: float = 3e-4, generator_steps: int = 5,
-                 generator_batch: int = 32, diversity_weight: float = 1.0):
+                 generator_batch: int = 32, diversity_weight: float = 1.0, server_optimizer: ServerOptimizer | None = None):
+        FedAvg.__init__(self, server_optimizer)
         self._set_generator_args(noise_dim, hidden, generator_lr, generator_steps, generator_batch, diversity_weight)
 
     def initialize(self, model_state, clients_per_round, num_clients=0):

@@ -34,4 +34,4 @@ class FedNova(FedAvg):
         sizes, a_norms = [r.weight for r in results], [r.payload["a_norm"] for r in results]
         new_x = {key: nova_mix(x[key], [r.state[key] for r in results], sizes, a_norms)
                  if key in params and x[key].is_floating_point() else avg[key] for key in x}
-        return {**state, "global": new_x}
+        return self.server_step(state, {**state, "global": new_x})

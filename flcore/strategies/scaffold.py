@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flcore.functional import mix, weighted_average
+from flcore.server_opt import ServerOptimizer
 from flcore.strategies.base import ClientTask
 from flcore.strategies.fedavg import FedAvg
 
@@ -25,6 +26,7 @@ class Scaffold(FedAvg):
 
     Args:
         global_lr: eta_g > 0 (default 1).
+        server_optimizer: a server optimizer stepping from x to the new x (as :class:`FedAvg`).
 
     Raises:
         ValueError: ``global_lr <= 0``.
@@ -32,7 +34,8 @@ class Scaffold(FedAvg):
 
     client_objective = "lightning_modules.ScaffoldModule"
 
-    def __init__(self, global_lr: float = 1.0):
+    def __init__(self, global_lr: float = 1.0, server_optimizer: ServerOptimizer | None = None):
+        super().__init__(server_optimizer)
         if not global_lr > 0:
             raise ValueError(f"strategy.global_lr: must be > 0, got {global_lr}")
         self.global_lr = float(global_lr)
@@ -56,4 +59,4 @@ class Scaffold(FedAvg):
         for key in deltas[0] if deltas else []:
             total = mix([d[key] for d in deltas], [1.0] * len(deltas))
             c[key] = total / n if key not in c else c[key] + total / n
-        return {**state, "global": new_x, "c": c}
+        return self.server_step(state, {**state, "global": new_x, "c": c})
