@@ -1,6 +1,6 @@
 """Behaviour pinned bit for bit: short fixed-seed runs of every shipped strategy (and the main
 variants: FedCross's selections and acceleration, FedMR's two-stage start and module unit,
-FedBN's local BatchNorm, clustered sampling, the process pool) end with exactly the recorded
+FedBN's local BatchNorm, clustered sampling, the process pool, a server optimizer) end with exactly the recorded
 server state and metrics.
 
 A refactor must keep every hash. A change that is meant to change numbers regenerates them::
@@ -28,6 +28,7 @@ from flcore import FederatedTrainer
 from flcore.checkpoint import load_checkpoint
 from flcore.executors import ProcessPoolExecutor
 from flcore.samplers import ClusteredSampler
+from flcore.server_opt import ServerAdam
 from lightning_modules import ClientModule
 from lightning_modules.models import HeteroResNet
 from tests.test_strategy_contract import CASES, _tensors
@@ -46,6 +47,7 @@ VARIANTS = {
                      lambda: ClientModule(HeteroResNet("resnet10", 1, 10, 4, "cifar"))),
     "FedAvg/clusamp": ("FedAvg", {}, {"sampler": "clustered"}, None),
     "FedAvg/process_pool": ("FedAvg", {}, {"executor": "pool"}, None),
+    "FedAvg/server_adam": ("FedAvg", {"server_optimizer": "adam"}, {}, None),
 }
 
 
@@ -68,6 +70,8 @@ def _run(case: str, tmp_path) -> dict:
     if trainer_kwargs.get("executor") == "pool":
         trainer_kwargs["executor"] = ProcessPoolExecutor(num_workers=2, threads_per_worker=1)
     cls = getattr(strategies, name)
+    if kwargs.get("server_optimizer") == "adam":
+        kwargs = {**kwargs, "server_optimizer": ServerAdam(lr=0.01)}
     seed_everything(0)
     trainer = FederatedTrainer(strategy=cls(**kwargs), rounds=2, clients_per_round=3, local={"max_epochs": 1},
                                log_dir=str(tmp_path), name=case.replace("/", "_"), architectures=archs,

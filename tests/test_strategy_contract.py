@@ -47,6 +47,9 @@ DEPTHS, WIDTHS, SPLITS = ["resnet10", "resnet14"], ["w1", "w0.5"], ["e4w1", "e2w
 #: strategy name -> (objective factory, architectures or None)
 CASES = {
     "FedAvg": (lambda: ClientModule(_cnn()), None),
+    "FedMedian": (lambda: ClientModule(_cnn()), None),
+    "FedTrimmedAvg": (lambda: ClientModule(_cnn()), None),
+    "Krum": (lambda: ClientModule(_cnn()), None),
     "FedCross": (lambda: ClientModule(_cnn()), None),
     "FedMR": (lambda: ClientModule(_cnn()), None),
     "FedProx": (lambda: FedProxModule(_cnn(), mu=0.1), None),
