@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 $(BIN)/flcore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,ray,plot,flwr]'
+	$(BIN)/python -m pip install -q -e '.[test,ray,plot,flwr,dp]'
 	touch $@
 
 install: $(BIN)/flcore

@@ -99,7 +99,7 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
 def _evaluation(row: dict[str, float] | None) -> dict[str, float] | None:
     if row is None:
         return None
-    return {k: v for k, v in row.items() if k == "round" or k.startswith("global/")}
+    return {k: v for k, v in row.items() if k == "round" or k.startswith(("global/", "dp/"))}
 
 
 def write_results_json(path: str | os.PathLike, *, history: list[dict[str, float]], config: dict[str, Any] | None,

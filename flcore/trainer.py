@@ -262,7 +262,13 @@ class FederatedTrainer:
             try:
                 for rnd in range(start, self.rounds):
                     check_stop()  # a signal during the previous round's records or checkpoint stops here
-                    out_of_time = self.max_time_s is not None and time.perf_counter() - t0 >= self.max_time_s
+                    allowed = self.strategy.rounds_allowed(state)
+                    if allowed is not None and allowed < 1:
+                        print(f"flcore: the strategy allows no more rounds after round {completed}")
+                        break
+                    budget_last = allowed == 1
+                    out_of_time = budget_last or (self.max_time_s is not None
+                                                  and time.perf_counter() - t0 >= self.max_time_s)
                     state, kept, metrics, completed = *self._round(rnd, state, kept, runner, datamodule, seed,
                                                                    out_of_time), rnd + 1
                     if self.client_eval_every and (completed % self.client_eval_every == 0 or completed == self.rounds
@@ -281,7 +287,8 @@ class FederatedTrainer:
                         self._save(completed, state, kept, datamodule, logger.version)
                         last_save = time.perf_counter()
                     if out_of_time:
-                        print(f"flcore: trainer.max_time_s={self.max_time_s} reached after round {completed}")
+                        print(f"flcore: the strategy's budget ends the run after round {completed}" if budget_last
+                              else f"flcore: trainer.max_time_s={self.max_time_s} reached after round {completed}")
                         break
                     if completed < self.rounds:
                         check_stop()
@@ -293,7 +300,8 @@ class FederatedTrainer:
                 if isinstance(err, RunInterrupted):
                     raise RunInterrupted(err.signum, msg) from None
                 raise type(err)(msg) from None
-        status = "finished" if completed == self.rounds else "out_of_time"
+        allowed = self.strategy.rounds_allowed(state)
+        status = "finished" if completed == self.rounds or (allowed is not None and allowed < 1) else "out_of_time"
         record = self._write_results(seed, status)
         logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule), metrics={
             "hp/final_test_acc": (record["final"] or {}).get("global/test_acc", math.nan),
@@ -337,6 +345,7 @@ class FederatedTrainer:
         local_bn = {r.cid: {k: r.state[k].clone() for k in self._bn_keys.get(self._arch_of(r.cid), [])}
                     for r in results} if self.bn_policy != "average" else {}  # before aggregation reuses them
         state = self.strategy.aggregate_fit(rnd, results, state, rng)
+        stats.update(self.strategy.round_metrics(state))
         bad = nonfinite_entries(state)
         if bad:
             raise DivergedError(f"round {rnd + 1}: the global model diverged (non-finite {', '.join(bad[:3])}"

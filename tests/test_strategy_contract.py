@@ -48,6 +48,7 @@ DEPTHS, WIDTHS, SPLITS = ["resnet10", "resnet14"], ["w1", "w0.5"], ["e4w1", "e2w
 CASES = {
     "FedAvg": (lambda: ClientModule(_cnn()), None),
     "FedMedian": (lambda: ClientModule(_cnn()), None),
+    "DPFedAvg": (lambda: ClientModule(_cnn()), None),
     "FedTrimmedAvg": (lambda: ClientModule(_cnn()), None),
     "Krum": (lambda: ClientModule(_cnn()), None),
     "FedCross": (lambda: ClientModule(_cnn()), None),

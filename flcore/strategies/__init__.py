@@ -1,6 +1,7 @@
 """Server strategies, one file each."""
 
 from flcore.strategies.base import ClientFailure, ClientResult, ClientTask, HeterogeneousStrategy, Strategy
+from flcore.strategies.dpfedavg import DPFedAvg
 from flcore.strategies.fedavg import FedAvg
 from flcore.strategies.fedcross import FedCross
 from flcore.strategies.fedet import FedET
@@ -25,5 +26,5 @@ from flcore.strategies.scaffold import Scaffold
 from flcore.strategies.scalefl import ScaleFL
 from flcore.strategies.multimodel import MultiModelStrategy
 
-__all__ = ["FedMedian", "FedTrimmedAvg", "Krum", "FedET", "ScaleFL", "HeteroFedGen", "InCo", "HeteroFedNova", "HeteroScaffold", "HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
+__all__ = ["DPFedAvg", "FedMedian", "FedTrimmedAvg", "Krum", "FedET", "ScaleFL", "HeteroFedGen", "InCo", "HeteroFedNova", "HeteroScaffold", "HeteroFL", "FedRolex", "HeteroFedAvg", "InclusiveFL", "FedIN", "Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure", "FedAvg", "FedMR", "FedCross", "MultiModelStrategy",
            "FedProx", "Scaffold", "FedNova", "Moon", "FedGen"]

@@ -42,6 +42,17 @@ class Strategy(ABC):
         Called before any training. The base accepts everything.
         """
 
+    def round_metrics(self, state: dict[str, Any]) -> dict[str, float]:
+        """The strategy's own figures after a round's aggregation (e.g. DP-FedAvg's ``dp/epsilon``),
+        logged with the round's metrics. The base reports none."""
+        return {}
+
+    def rounds_allowed(self, state: dict[str, Any]) -> int | None:
+        """How many more rounds the strategy allows from ``state`` (e.g. a privacy budget), or
+        ``None`` for no limit. The trainer makes the round that leaves 0 the last one (evaluated
+        and checkpointed) and ends the run as finished; 0 before a round stops at once."""
+        return None
+
     @abstractmethod
     def initialize(self, model_state: StateDict, clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
         """Server state at round 0, from the freshly initialised model's state_dict.
