@@ -341,42 +341,36 @@ def test_sigterm_checkpoints_last_completed_round(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-def test_a_diverged_global_model_stops_the_run_naming_the_round(tmp_path):
-    """A NaN in the server state ends the run with one line naming the round; the last good
+def _nan_bias(state, rnd):
+    if rnd == 1:
+        state["global"]["fc2.bias"] = state["global"]["fc2.bias"].clone().fill_(float("nan"))
+
+
+def _overflowing_weights(state, rnd):
+    state["global"]["fc2.weight"] = state["global"]["fc2.weight"].sign() * 3e38  # finite, but logits overflow
+
+
+@pytest.mark.parametrize("tamper, message, last_good", [
+    (_nan_bias, r"round 2: the global model diverged \(non-finite global/fc2.bias\)", 1),
+    (_overflowing_weights, r"round 1: the global model diverged \(test loss (nan|inf)\)", 0),
+], ids=["nan_in_the_state", "non_finite_test_loss"])
+def test_a_diverged_global_model_stops_the_run_naming_the_round(tmp_path, tamper, message, last_good):
+    """A NaN in the server state, or finite weights whose test loss is not finite, end the run
+    with one line naming the round (not a finished run with ``test_loss nan``); the last good
     round is checkpointed and the record says 'failed'."""
     import json
 
     from flcore.errors import DivergedError
 
-    class Poisoned(FedAvg):
+    class Tampered(FedAvg):
         def aggregate_fit(self, rnd, results, state, rng):
             new = super().aggregate_fit(rnd, results, state, rng)
-            if rnd == 1:
-                new["global"]["fc2.bias"] = new["global"]["fc2.bias"].clone().fill_(float("nan"))
+            tamper(new, rnd)
             return new
 
-    trainer = FederatedTrainer(strategy=Poisoned(), rounds=3, clients_per_round=2, local={"max_epochs": 1},
-                               log_dir=str(tmp_path), name="nan")
-    with pytest.raises(DivergedError, match=r"round 2: the global model diverged \(non-finite global/fc2.bias\).*"
-                                            r"last good state \(round 1\) saved"):
+    trainer = FederatedTrainer(strategy=Tampered(), rounds=3, clients_per_round=2, local={"max_epochs": 1},
+                               log_dir=str(tmp_path), name="diverged")
+    with pytest.raises(DivergedError, match=message + rf".*last good state \(round {last_good}\) saved"):
         trainer.fit(ClientModule(CNN(1, 10, 8)), Digits(num_clients=4, batch_size=32))
-    assert load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")["round"] == 1
+    assert load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")["round"] == last_good
     assert json.loads((trainer.run_dir / "results.json").read_text())["status"] == "failed"
-
-
-def test_a_non_finite_test_loss_stops_the_run(tmp_path):
-    """Finite weights whose logits overflow (test loss inf / NaN) are divergence too, not a
-    finished run with ``test_loss nan``."""
-    from flcore.errors import DivergedError
-
-    class Overflowing(FedAvg):
-        def aggregate_fit(self, rnd, results, state, rng):
-            new = super().aggregate_fit(rnd, results, state, rng)
-            new["global"]["fc2.weight"] = new["global"]["fc2.weight"].sign() * 3e38  # finite, but logits overflow
-            return new
-
-    trainer = FederatedTrainer(strategy=Overflowing(), rounds=3, clients_per_round=2, local={"max_epochs": 1},
-                               log_dir=str(tmp_path), name="overflow")
-    with pytest.raises(DivergedError, match=r"round 1: the global model diverged \(test loss (nan|inf)\).*"
-                                            r"last good state \(round 0\)"):
-        trainer.fit(ClientModule(CNN(1, 10, 8)), Digits(num_clients=4, batch_size=32))
