@@ -126,11 +126,13 @@ class DPFedAvg(FedAvg):
     def validate(self, num_clients: int, clients_per_round: int) -> None:
         if self.adaptive_clipping:
             noise_multiplier_for_updates(self.noise_multiplier, self._count_stddev(clients_per_round))
-        if self.target_epsilon is not None:
+        try:
             first = epsilon_spent(self.noise_multiplier, clients_per_round / num_clients, 1, self.delta)
-            if first > self.target_epsilon:
-                raise ValueError(f"strategy.target_epsilon: one round already spends epsilon {first:.3g} > "
-                                 f"{self.target_epsilon:g}; raise noise_multiplier or target_epsilon")
+        except ImportError as err:  # before training, as one line
+            raise ValueError(str(err)) from None
+        if self.target_epsilon is not None and first > self.target_epsilon:
+            raise ValueError(f"strategy.target_epsilon: one round already spends epsilon {first:.3g} > "
+                             f"{self.target_epsilon:g}; raise noise_multiplier or target_epsilon")
 
     def initialize(self, model_state, clients_per_round, num_clients=0):
         return {**super().initialize(model_state, clients_per_round, num_clients),
