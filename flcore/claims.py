@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 
 from flcore.report import rounds_to
+from flcore.metric_names import TEST_ACC
 
 __all__ = ["METRICS", "run_metric", "evaluate_claim", "evaluate_claims", "claims_table", "load_claims"]
 
@@ -69,7 +70,7 @@ def run_metric(run: dict[str, Any], metric: str, last: int = 10, early: int | No
     if metric == "last_std":
         return statistics.pstdev([a for _, a in curve[-last:]]) if len(curve) >= 2 else None
     if metric == "final":
-        return (record.get("final") or {}).get("global/test_acc")
+        return (record.get("final") or {}).get(TEST_ACC)
     if metric == "best":
         return (record.get("best_test_acc_paper_protocol") or {}).get("test_acc")
     if metric == "early_mean":

@@ -16,6 +16,7 @@ import torch
 
 from flcore.local import LocalRunner
 from flcore.strategies.base import Strategy
+from flcore.metric_names import GLOBAL, global_metric
 
 __all__ = ["global_models", "evaluate_global", "evaluate_clients", "client_accuracy_stats"]
 
@@ -40,12 +41,11 @@ def evaluate_global(runner: LocalRunner, models: dict[str | None, dict[str, torc
     for split, loader in splits:
         for arch, arch_state in models.items():
             ev = runner.evaluate(arch_state, stage, arch=arch, dataloader=loader())
-            suffix = "" if arch is None else f"/{arch}"
-            out[f"global/{split}_acc{suffix}"], out[f"global/{split}_loss{suffix}"] = ev["test_acc"], ev["test_loss"]
+            out[global_metric(split, "acc", arch)], out[global_metric(split, "loss", arch)] = ev["test_acc"], ev["test_loss"]
         if hetero:
             for key in (f"{split}_acc", f"{split}_loss"):
-                vals = [v for k, v in out.items() if k.startswith(f"global/{key}/")]
-                out[f"global/{key}"] = sum(vals) / len(vals)
+                vals = [v for k, v in out.items() if k.startswith(f"{GLOBAL}{key}/")]
+                out[f"{GLOBAL}{key}"] = sum(vals) / len(vals)
     return out
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from flcore.errors import ConfigError
 from flcore.results import select_best
+from flcore.metric_names import TEST_ACC
 
 __all__ = ["client_states", "hparams", "write_config", "experiment_fields", "check_resume", "draw_partition",
            "summarize_run"]
@@ -127,16 +128,16 @@ def summarize_run(history: list[dict[str, float]], wall: float, run_dir: Path | 
     ``final_test_acc``, ``test_acc_at_best_val`` and ``best_val_round`` (``None`` without a
     validation set), ``best_test_acc`` and ``best_round`` (the papers' test-selected figure),
     ``wall_time_s`` (seconds of this sitting), ``run_dir``."""
-    evals = [h for h in history if "global/test_acc" in h]
+    evals = [h for h in history if TEST_ACC in h]
     final = evals[-1] if evals else {}
-    top = select_best(history, "global/test_acc") or {}
+    top = select_best(history, TEST_ACC) or {}
     best_val = select_best(history)
     summary = {
         "final": final,
-        "final_test_acc": final.get("global/test_acc", math.nan),
-        "test_acc_at_best_val": best_val["global/test_acc"] if best_val else None,
+        "final_test_acc": final.get(TEST_ACC, math.nan),
+        "test_acc_at_best_val": best_val[TEST_ACC] if best_val else None,
         "best_val_round": best_val["round"] if best_val else None,
-        "best_test_acc": top.get("global/test_acc", math.nan),
+        "best_test_acc": top.get(TEST_ACC, math.nan),
         "best_round": top.get("round", 0),
         "wall_time_s": wall,
         "run_dir": str(run_dir),

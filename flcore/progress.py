@@ -6,6 +6,8 @@ import sys
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from flcore.metric_names import TEST_ACC
+
 __all__ = ["RoundProgress"]
 
 
@@ -29,8 +31,8 @@ class RoundProgress:
         return self
 
     def update(self, rnd: int, metrics: dict[str, float], elapsed: float) -> None:
-        if "global/test_acc" in metrics:
-            self.acc = metrics["global/test_acc"]
+        if TEST_ACC in metrics:
+            self.acc = metrics[TEST_ACC]
             if not self.interactive:
                 print(
                     f"round {rnd}/{self.rounds}  test_acc {self.acc:.4f}  "

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from flcore.metric_names import TEST_ACC
 from flcore.plotting import legend_outside, method_of, method_style, partition_of
 
 __all__ = ["load_runs", "summarize", "relative_speed", "mean_curve", "group_mean_curves", "smoothed_gap",
@@ -63,8 +64,8 @@ def load_runs(roots: list[str | Path]) -> list[dict[str, Any]]:
             if csv_path.exists():
                 with csv_path.open() as f:
                     for row in csv.DictReader(f):
-                        if row.get("global/test_acc"):
-                            curve.append((int(row["round"]), float(row["global/test_acc"])))
+                        if row.get(TEST_ACC):
+                            curve.append((int(row["round"]), float(row[TEST_ACC])))
             seed = _SEED.search(name)
             seed = seed.group(0)[len("__seed="):] if seed else (record.get("config") or {}).get("seed_everything")
             runs.append({"dir": str(path.parent), "name": name, "group": _SEED.sub("", name), "record": record,
@@ -98,7 +99,7 @@ def summarize(runs: list[dict[str, Any]], targets: tuple[float, ...] = (), last:
         recs = [m["record"] for m in members]
         row: dict[str, Any] = {"group": group, "runs": len(members),
                                "rounds": min(r.get("rounds_completed", 0) for r in recs)}
-        row["final_test_acc"] = _mean_std([(r.get("final") or {}).get("global/test_acc") for r in recs])
+        row["final_test_acc"] = _mean_std([(r.get("final") or {}).get(TEST_ACC) for r in recs])
         row["last_evals_mean"] = _mean_std([statistics.fmean([a for _, a in m["curve"][-last:]])
                                             for m in members if m["curve"]])
         if early is not None:

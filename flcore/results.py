@@ -26,6 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from flcore.metric_names import GLOBAL, TEST_ACC, VAL_ACC
+
 __all__ = ["write_metrics_csv", "write_results_json", "select_best", "package_versions", "git_commit",
            "atomic_write_text"]
 
@@ -65,7 +67,7 @@ def write_metrics_csv(path: str | os.PathLike, history: list[dict[str, float]]) 
     return atomic_write_text(path, buf.getvalue())
 
 
-def select_best(history: list[dict[str, float]], metric: str = "global/val_acc") -> dict[str, float] | None:
+def select_best(history: list[dict[str, float]], metric: str = VAL_ACC) -> dict[str, float] | None:
     """The evaluated round with the highest ``metric`` (the earliest on ties), or ``None`` if no
     round has it (no validation set)."""
     rows = [h for h in history if metric in h and not math.isnan(h[metric])]
@@ -99,7 +101,7 @@ def git_commit(cwd: str | os.PathLike | None = None) -> str | None:
 def _evaluation(row: dict[str, float] | None) -> dict[str, float] | None:
     if row is None:
         return None
-    return {k: v for k, v in row.items() if k == "round" or k.startswith(("global/", "dp/"))}
+    return {k: v for k, v in row.items() if k == "round" or k.startswith((GLOBAL, "dp/"))}
 
 
 def write_results_json(path: str | os.PathLike, *, history: list[dict[str, float]], config: dict[str, Any] | None,
@@ -119,7 +121,7 @@ def write_results_json(path: str | os.PathLike, *, history: list[dict[str, float
         rounds_planned: ``trainer.rounds``.
         run_id: the run's id (kept across resumes; also in every checkpoint).
     """
-    evals = [h for h in history if "global/test_acc" in h]
+    evals = [h for h in history if TEST_ACC in h]
     best = select_best(history)
     record: dict[str, Any] = {
         "status": status,
@@ -129,7 +131,7 @@ def write_results_json(path: str | os.PathLike, *, history: list[dict[str, float
         "seed": seed,
         "final": _evaluation(evals[-1] if evals else None),
         "selected_by_val": _evaluation(best),
-        "test_acc_at_best_val": best.get("global/test_acc") if best else None,
+        "test_acc_at_best_val": best.get(TEST_ACC) if best else None,
         "wall_time_s": wall_time_s,
         "bytes_down": sum(h.get("round/bytes_down", 0.0) for h in history),
         "bytes_up": sum(h.get("round/bytes_up", 0.0) for h in history),
@@ -138,9 +140,9 @@ def write_results_json(path: str | os.PathLike, *, history: list[dict[str, float
         "config": config,
     }
     if report_best_test:
-        top = select_best(history, "global/test_acc")
+        top = select_best(history, TEST_ACC)
         record["best_test_acc_paper_protocol"] = {
             "note": "highest test accuracy over evaluated rounds: chosen on the test set (the papers' protocol)",
-            "round": top["round"] if top else None, "test_acc": top["global/test_acc"] if top else None}
+            "round": top["round"] if top else None, "test_acc": top[TEST_ACC] if top else None}
     atomic_write_text(path, json.dumps(record, indent=1, default=str))
     return record

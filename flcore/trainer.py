@@ -35,6 +35,7 @@ from flcore.messages import ClientFailure, ClientResult, ClientTask
 from flcore.strategies.base import Strategy
 from flcore.strategies.fedavg import FedAvg
 from flcore.strategies.multimodel import MultiModelStrategy
+from flcore.metric_names import GLOBAL, TEST_ACC, TEST_LOSS
 
 __all__ = ["FederatedTrainer"]
 
@@ -304,7 +305,7 @@ class FederatedTrainer:
         status = "finished" if completed == self.rounds or (allowed is not None and allowed < 1) else "out_of_time"
         record = self._write_results(seed, status)
         logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule), metrics={
-            "hp/final_test_acc": (record["final"] or {}).get("global/test_acc", math.nan),
+            "hp/final_test_acc": (record["final"] or {}).get(TEST_ACC, math.nan),
             "hp/test_acc_at_best_val": record["test_acc_at_best_val"] if record["test_acc_at_best_val"] is not None
             else math.nan})
         logger.finalize("success")
@@ -371,7 +372,7 @@ class FederatedTrainer:
                 metrics[f"clients/{key}"] = sum(vals) / len(vals)
         if force_eval or (rnd + 1) % self.eval_every == 0 or rnd + 1 == self.rounds:
             metrics.update(evaluate_global(runner, self._global_models(state)))
-            if not math.isfinite(metrics["global/test_loss"]):
+            if not math.isfinite(metrics[TEST_LOSS]):
                 raise DivergedError(f"round {rnd + 1}: the global model diverged (test loss "
                                     f"{metrics['global/test_loss']}); lower the learning rate or check the data")
         return state, kept, metrics
@@ -407,7 +408,7 @@ class FederatedTrainer:
                              self.callbacks)
         try:
             result = evaluate_global(runner, self._global_models(ckpt["strategy_state"]), stage, with_val=False)
-            result = {k.removeprefix("global/"): v for k, v in result.items()}
+            result = {k.removeprefix(GLOBAL): v for k, v in result.items()}
         except (KeyError, RuntimeError) as err:
             raise ConfigError(
                 f"ckpt_path: checkpoint does not match this config's strategy / model ({str(err).splitlines()[0][:100]})"
