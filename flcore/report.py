@@ -356,13 +356,14 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
         writer.writerows(flat)
 
 
-def _figure():
+def _figure(figsize=(9.0, 4.5), panels: int = 1):
+    """A figure and its axes (one, or ``panels`` side by side sharing y)."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("flcore report: curves need matplotlib: pip install 'flcore[plot]'") from None
-    fig = Figure(figsize=(9.0, 4.5))
-    return fig, fig.add_subplot()
+    fig = Figure(figsize=figsize)
+    return fig, (fig.add_subplot() if panels == 1 else fig.subplots(1, panels, sharey=True))
 
 
 def _save(fig, ax, path: str | Path, title: str | None) -> None:
@@ -394,10 +395,7 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path, title: str | None 
         ax.set_ylabel("test accuracy (%)")
         _save(fig, ax, path, title)
         return
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5.0 * len(panels), 6.0))
-    axes = fig.subplots(1, len(panels), sharey=True)
+    fig, axes = _figure((5.0 * len(panels), 6.0), len(panels))
     for ax, (setting, members) in zip(axes, panels.items()):
         _draw_curves(ax, {g: groups[g] for g in members}, label=method_of)
         ax.set_title(setting, fontsize=10)

@@ -1,7 +1,6 @@
 """The Lightning and torch internals flcore reads (flcore.compat) are where it expects them."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
