@@ -187,6 +187,9 @@ def _check_fields(trainer: FederatedTrainer) -> None:
         raise ConfigError(f"trainer.on_client_failure: must be one of ['drop', 'raise'], got {trainer.on_client_failure!r}")
     if trainer.checkpoint_interval_s is not None and not trainer.checkpoint_interval_s > 0:
         raise ConfigError(f"trainer.checkpoint_interval_s: must be > 0 seconds or null, got {trainer.checkpoint_interval_s!r}")
+    mb = trainer.client_state_mb
+    if mb is not None and (isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb >= 0):
+        raise ConfigError(f"trainer.client_state_mb: must be a number of MiB >= 0 or null (no budget), got {mb!r}")
     if trainer.max_time_s is not None and not trainer.max_time_s > 0:
         raise ConfigError(f"trainer.max_time_s: must be > 0 seconds or null, got {trainer.max_time_s!r}")
     epochs = trainer.local.get("max_epochs", 5)

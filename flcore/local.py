@@ -115,7 +115,9 @@ class _ClientSchedule(L.Callback):
         task, module = self.tasks[index], self.module
         load_live(module.net, self.live, task.state)
         if module.keeps_client_state:
-            module.load_client_state(task.client_state)
+            source = self.runner.client_state_source
+            module.load_client_state(task.client_state if task.client_state is not None or source is None
+                                     else source(task.cid))
         module.configure_client(task.payload)
         for optimizer in self.trainer.optimizers:  # a fresh optimizer for every client, as in the papers
             optimizer.state.clear()
@@ -150,7 +152,11 @@ class _ClientSchedule(L.Callback):
         result = ClientResult(cid=task.cid, slot=task.slot, state=state, num_samples=self.sources[self.current].num_samples,
                               metrics=dict(module.train_metrics), payload=upload,
                               client_state=module.client_state() if module.keeps_client_state else None)
-        self.outcomes.append(_check_finite(result))
+        outcome = _check_finite(result)
+        sink = self.runner.client_state_sink
+        if sink is not None and isinstance(outcome, ClientResult) and outcome.client_state is not None:
+            sink(outcome)  # e.g. into the trainer's client-state store now, not at the round's end
+        self.outcomes.append(outcome)
 
 
 def live_state(net: torch.nn.Module) -> dict[str, Tensor] | None:
@@ -283,7 +289,19 @@ class LocalRunner:
             callback that implements one gives each client a Lightning epoch and step of its own,
             at about half a millisecond per client) and the step hooks (``on_before_backward``,
             ``on_before_optimizer_step``, ...) once per mini-batch.
+
+    Attributes:
+        client_state_source: ``cid -> client state`` for a task whose ``client_state`` is
+            ``None``, asked just before that client trains (so a round never holds every
+            participant's state at once); ``None``: the task's own. Set by the trainer when its
+            runner trains in the main process.
+        client_state_sink: called with each successful :class:`ClientResult` that has a
+            ``client_state``, as soon as the client is done; it may take the state and set the
+            field to ``None``. ``None``: states stay on the results.
     """
+
+    client_state_source = None
+    client_state_sink = None
 
     def __init__(self, module: L.LightningModule | dict[str, L.LightningModule], datamodule,
                  trainer_kwargs: dict[str, Any] | None,

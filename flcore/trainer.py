@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from flcore.batchnorm import bn_entries
 from flcore.checks import check_architectures, check_run
+from flcore.client_store import ClientStateStore, checkpoint_manifest
 from flcore.checkpoint import load_checkpoint, load_resume_checkpoint, resolve_ckpt_path, save_checkpoint
 from flcore.errors import ClientFailureError, ConfigError, DivergedError, RunInterrupted
 from flcore.executors import Executor, SequentialExecutor
@@ -105,6 +106,12 @@ class FederatedTrainer:
             FedCross / FedMR the middleware models' pairwise cosine similarity (min, mean) and
             distance (mean, max) and their distances to their mean (mean, max), after aggregation
             (:func:`flcore.functional.model_geometry`). Trained weights only.
+        client_state_mb: memory budget in MiB for client-resident state (SCAFFOLD's c_i, MOON's
+            previous models, local BN entries; :mod:`flcore.client_store`): beyond it, the least
+            recently used clients' states go to ``client_state/`` in the run folder and are read
+            back when those clients are selected again; checkpoints name those files instead of
+            copying them. ``null``: no budget (states stay in memory; checkpoints still name
+            files). Results are the same under any budget.
         report_best_test: also report the highest test accuracy over the evaluated rounds, the
             papers' "best test accuracy" (selected on the test set, so optimistic), labelled as
             such in ``results.json`` and the summary. Model selection otherwise uses the
@@ -150,6 +157,7 @@ class FederatedTrainer:
         report_best_test: bool = False,
         model_stats_every: int = 0,
         bn_policy: str = "average",
+        client_state_mb: float | None = 512.0,
     ):
         self.strategy = strategy if strategy is not None else FedAvg()
         self.rounds = rounds
@@ -173,6 +181,8 @@ class FederatedTrainer:
         self.report_best_test = bool(report_best_test)
         self.model_stats_every = model_stats_every
         self.bn_policy = bn_policy
+        self.client_state_mb = client_state_mb
+        self.client_store: ClientStateStore | None = None  # set by fit
         self._bn_keys: dict[str | None, list[str]] = {}  # per architecture, for bn_policy != average
         self.client_eval_every, self.client_test_size = client_eval_every, client_test_size
         self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
@@ -205,9 +215,7 @@ class FederatedTrainer:
             raise ConfigError("data: a FederatedDataModule is required")
         self._check(model, datamodule)
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        start, state, version = 0, None, None
-        # client-resident state, by client id: the objective's (ClientTask.client_state) and local BN entries
-        kept: dict[str, dict[int, Any]] = {"module": {}, "bn": {}}
+        start, state, version, ckpt = 0, None, None, None
         self.run_id = uuid.uuid4().hex[:12]
         if ckpt_path:
             path = resolve_ckpt_path(ckpt_path, Path(self.log_dir) / self.name)
@@ -215,7 +223,6 @@ class FederatedTrainer:
             check_resume(ckpt, self.rounds, self.run_config, datamodule, path)
             start, state, version = ckpt["round"], ckpt["strategy_state"], ckpt.get("version")
             self.run_id = ckpt.get("run_id") or self.run_id
-            kept = client_states(ckpt)
             self.history = list(ckpt.get("history", []))
             self._wall_before = float(ckpt.get("wall_time_s", 0.0))
         hetero = self._modules is not None
@@ -248,6 +255,7 @@ class FederatedTrainer:
         tb_kwargs = {"purge_step": start + 1} if start else {}
         logger = TensorBoardLogger(self.log_dir, name=self.name, version=version, default_hp_metric=False, **tb_kwargs)
         self.run_dir = Path(logger.log_dir)
+        store = self.client_store = self._open_store(ckpt, start)
         if start == 0:
             logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule))
         write_config(self.run_dir, self.run_config)
@@ -259,7 +267,8 @@ class FederatedTrainer:
         self._t0 = t0
         completed = start
         last_save = t0
-        with stop_on_signals(), RoundProgress(self.rounds, start) as progress, _closing(self.executor):
+        with stop_on_signals(), RoundProgress(self.rounds, start) as progress, _closing(self.executor), \
+                _streaming(runner, store, self.executor):
             try:
                 for rnd in range(start, self.rounds):
                     check_stop()  # a signal during the previous round's records or checkpoint stops here
@@ -270,12 +279,12 @@ class FederatedTrainer:
                     budget_last = allowed == 1
                     out_of_time = budget_last or (self.max_time_s is not None
                                                   and time.perf_counter() - t0 >= self.max_time_s)
-                    state, kept, metrics, completed = *self._round(rnd, state, kept, runner, datamodule, seed,
-                                                                   out_of_time), rnd + 1
+                    state, metrics, completed = *self._round(rnd, state, store, runner, datamodule, seed,
+                                                             out_of_time), rnd + 1
                     if self.client_eval_every and (completed % self.client_eval_every == 0 or completed == self.rounds
                                                    or out_of_time):
                         accs = evaluate_clients(runner, self._global_models(state), self._client_arch, self.client_test_size,
-                                                kept["bn"])
+                                                dict(store.items("bn")))
                         metrics.update(client_accuracy_stats(accs))
                         logger.experiment.add_histogram("clients/test_acc", accs, global_step=completed)
                     self.history.append({"round": completed, **metrics})
@@ -285,7 +294,7 @@ class FederatedTrainer:
                     last = completed == self.rounds or out_of_time
                     due = self.checkpoint_interval_s is not None and time.perf_counter() - last_save >= self.checkpoint_interval_s
                     if last or due or (self.checkpoint_every and completed % self.checkpoint_every == 0):
-                        self._save(completed, state, kept, datamodule, logger.version)
+                        self._save(completed, state, datamodule, logger.version)
                         last_save = time.perf_counter()
                     if out_of_time:
                         print(f"flcore: the strategy's budget ends the run after round {completed}" if budget_last
@@ -295,7 +304,8 @@ class FederatedTrainer:
                         check_stop()
             except (RunInterrupted, ClientFailureError) as err:
                 logger.finalize("interrupted")
-                path = self._save(completed, state, kept, datamodule, logger.version)
+                store.discard()  # the interrupted round's states: the checkpoint is the last completed round's
+                path = self._save(completed, state, datamodule, logger.version)
                 self._write_results(seed, "interrupted" if isinstance(err, RunInterrupted) else "failed")
                 msg = f"{err}; last good state (round {completed}) saved to {path}"
                 if isinstance(err, RunInterrupted):
@@ -312,22 +322,24 @@ class FederatedTrainer:
         return summarize_run(self.history, time.perf_counter() - t0, self.run_dir, type(self.strategy).__name__,
                              self.report_best_test)
 
-    def _round(self, rnd, state, kept, runner, datamodule, seed, force_eval=False):
-        """One round: returns ``(strategy state, client states, metrics)``. The client states
-        (``kept``: ``{"module": {cid: ClientResult.client_state}, "bn": {cid: local BN entries}}``)
-        are new dicts, so the caller's pair stays consistent for an interrupt checkpoint."""
+    def _round(self, rnd, state, store: ClientStateStore, runner, datamodule, seed, force_eval=False):
+        """One round: returns ``(strategy state, metrics)``. The participants' new client states
+        (``ClientResult.client_state``, local BN entries) are staged in ``store`` and committed
+        when the round completes, so an interrupt checkpoint names the last completed round's."""
         t0 = time.perf_counter()
         clients = self.sampler.sample(rnd, datamodule.num_clients, self.clients_per_round,
                                       round_rng(seed, rnd, STREAM_SAMPLER))
         rng = round_rng(seed, rnd, STREAM_STRATEGY)
         tasks: list[ClientTask] = self.strategy.configure_fit(rnd, clients, state, rng)
-        if any(m.keeps_client_state for m in runner.modules.values()):
-            for task in tasks:
-                task.client_state = kept["module"].get(task.cid)
+        store.begin(rnd + 1)
+        if runner.client_state_source is None and any(m.keeps_client_state for m in runner.modules.values()):
+            for task in tasks:  # (in this process, the runner asks the store just before each client trains)
+                task.client_state = store.get("module", task.cid)
         if self.bn_policy != "average":
             for task in tasks:  # the client trains with its own BN entries (a new dict: the server's stays)
-                if task.cid in kept["bn"]:
-                    task.state = {**task.state, **kept["bn"][task.cid]}
+                own = store.get("bn", task.cid)
+                if own is not None:
+                    task.state = {**task.state, **own}
         outcomes = self.executor.run(rnd, tasks, runner)
         results: list[ClientResult] = [o for o in outcomes if isinstance(o, ClientResult)]
         failures = [o for o in outcomes if isinstance(o, ClientFailure)]
@@ -343,8 +355,12 @@ class FederatedTrainer:
         self.sampler.observe(tasks, results)  # before aggregation, which may reuse the results' tensors
         stats_due = bool(self.model_stats_every) and (rnd + 1) % self.model_stats_every == 0
         stats = client_drift(tasks, results) if stats_due else {}
-        local_bn = {r.cid: {k: r.state[k].clone() for k in self._bn_keys.get(self._arch_of(r.cid), [])}
-                    for r in results} if self.bn_policy != "average" else {}  # before aggregation reuses them
+        for r in results:  # failed clients keep their old state
+            if r.client_state is not None:
+                store.stage("module", r.cid, r.client_state)
+                r.client_state = None
+            if self.bn_policy != "average":  # before aggregation reuses the results' tensors
+                store.stage("bn", r.cid, {k: r.state[k].clone() for k in self._bn_keys.get(self._arch_of(r.cid), [])})
         state = self.strategy.aggregate_fit(rnd, results, state, rng)
         stats.update(self.strategy.round_metrics(state))
         bad = nonfinite_entries(state)
@@ -353,9 +369,6 @@ class FederatedTrainer:
                                 f"{' ...' if len(bad) > 3 else ''}); lower the learning rate or check the data")
         if stats_due and isinstance(self.strategy, MultiModelStrategy):
             stats.update(middleware_stats(state["models"]))
-        if any(r.client_state is not None for r in results) or local_bn:  # failed clients keep their old state
-            kept = {"module": {**kept["module"], **{r.cid: r.client_state for r in results if r.client_state is not None}},
-                    "bn": {**kept["bn"], **local_bn}}
         wall = time.perf_counter() - t0
         epochs = runner.trainer.max_epochs
         metrics: dict[str, float] = {
@@ -375,7 +388,8 @@ class FederatedTrainer:
             if not math.isfinite(metrics[TEST_LOSS]):
                 raise DivergedError(f"round {rnd + 1}: the global model diverged (test loss "
                                     f"{metrics['global/test_loss']}); lower the learning rate or check the data")
-        return state, kept, metrics
+        store.commit()
+        return state, metrics
 
     def _arch_of(self, cid: int) -> str | None:
         return self._client_arch[cid] if self._modules is not None else None
@@ -417,14 +431,32 @@ class FederatedTrainer:
         return result
 
     # ------------------------------------------------------------------ helpers
-    def _save(self, completed_rounds, state, kept, datamodule, version) -> Path:
-        assert self.run_dir is not None
+    def _open_store(self, ckpt: dict[str, Any] | None, start: int) -> ClientStateStore:
+        """The run's client-state store (``<run folder>/client_state``), as the checkpoint left it:
+        its manifest, or the inline states of a checkpoint written before the store.
+
+        Raises:
+            ConfigError: a store file the checkpoint names is missing.
+        """
+        store = ClientStateStore(self.run_dir / "client_state", self.client_state_mb)
+        if ckpt is None:
+            return store
+        if "client_store" in ckpt:
+            try:
+                store.restore(ckpt["client_store"])
+            except FileNotFoundError as err:
+                raise ConfigError(f"ckpt_path: {err}") from None
+        else:
+            store.load(client_states(ckpt), start)
+        return store
+
+    def _save(self, completed_rounds, state, datamodule, version) -> Path:
+        assert self.run_dir is not None and self.client_store is not None
         payload = {
             "round": completed_rounds,
             "run_id": self.run_id,
             "strategy_state": state,
-            "client_states": kept["module"],
-            "client_bn": kept["bn"],
+            "client_store": self.client_store.snapshot(),
             "sampler": self.sampler.state_dict(),
             "history": self.history,
             "partition_checksum": datamodule.partition_checksum(),
@@ -432,8 +464,10 @@ class FederatedTrainer:
             "experiment": experiment_fields(self.run_config) if self.run_config is not None else None,
             "wall_time_s": self._wall_total(),
         }
-        return save_checkpoint(payload, self.run_dir / "checkpoints" / f"round_{completed_rounds:05d}.ckpt",
+        path = save_checkpoint(payload, self.run_dir / "checkpoints" / f"round_{completed_rounds:05d}.ckpt",
                                keep_last=self.keep_checkpoints)
+        self.client_store.collect_garbage([checkpoint_manifest(p) for p in path.parent.glob("round_*.ckpt")])
+        return path
 
     def _write_results(self, seed: int, status: str) -> dict[str, Any]:
         return write_results_json(self.run_dir / "results.json", history=self.history, config=self.run_config,
@@ -443,6 +477,26 @@ class FederatedTrainer:
 
     def _wall_total(self) -> float:
         return getattr(self, "_wall_before", 0.0) + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+@contextmanager
+def _streaming(runner: LocalRunner, store: ClientStateStore, executor: Executor):
+    """When clients train in this process, hand each its client state from ``store`` just
+    before it trains and stage its new one as soon as it is done (a round then holds about one
+    participant's state at a time instead of all of them)."""
+    if not isinstance(executor, SequentialExecutor):
+        yield
+        return
+    def sink(result: ClientResult) -> None:
+        store.stage("module", result.cid, result.client_state)
+        result.client_state = None
+
+    runner.client_state_source = lambda cid: store.get("module", cid)
+    runner.client_state_sink = sink
+    try:
+        yield
+    finally:
+        runner.client_state_source = runner.client_state_sink = None
+
 
 @contextmanager
 def _closing(executor: Executor):

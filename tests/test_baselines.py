@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from datamodules import Digits
 from flcore.checkpoint import load_checkpoint, save_checkpoint
+from flcore.client_store import checkpoint_client_states
 from flcore.local import LocalRunner
 from flcore.strategies import ClientResult, ClientTask, FedNova, Moon, Scaffold
 from lightning_modules import FedNovaModule, FedProxModule, MoonModule, ScaffoldModule
@@ -191,8 +192,11 @@ def test_trainer_keeps_and_checkpoints_client_states(tmp_path, strategy, module,
     trainer.fit(mod, datamodule=dm)
     assert seen[:4] == [None] * 4 and all(s is not None and key in s for s in seen[4:])  # round 2 gets round 1's
     ckpt = load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")
-    assert sorted(ckpt["client_states"]) == [0, 1, 2, 3] and "clients" not in ckpt["strategy_state"]
-    assert all(key in s for s in ckpt["client_states"].values())
+    kept = checkpoint_client_states(ckpt, trainer.run_dir)["module"]
+    assert sorted(kept) == [0, 1, 2, 3] and "clients" not in ckpt["strategy_state"]
+    assert all(key in s for s in kept.values())
+    assert sorted(ckpt["client_store"]["entries"]["module"]) == [0, 1, 2, 3]  # named, not copied
+    assert "client_states" not in ckpt
 
 
 def test_old_checkpoints_client_states_move_to_the_trainer(tmp_path):

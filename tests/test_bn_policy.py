@@ -8,6 +8,7 @@ from datamodules import Digits
 from flcore import FederatedTrainer
 from flcore.batchnorm import bn_entries
 from flcore.checkpoint import load_checkpoint
+from flcore.client_store import checkpoint_client_states
 from flcore.errors import ConfigError
 from flcore.local import LocalRunner
 from flcore.strategies import FedAvg
@@ -60,7 +61,8 @@ def test_clients_train_with_their_own_bn_entries(tmp_path, monkeypatch, policy):
         weight = next(k for k in state if k.endswith("bn1.weight"))
         assert weight not in keys and torch.equal(second[0][1][weight], second[1][1][weight])
     ckpt = load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")
-    assert sorted(ckpt["client_bn"]) == [0, 1, 2] and sorted(ckpt["client_bn"][0]) == sorted(keys)
+    bn = checkpoint_client_states(ckpt, trainer.run_dir)["bn"]
+    assert sorted(bn) == [0, 1, 2] and sorted(bn[0]) == sorted(keys)
 
 
 def test_bn_policy_bad_input(tmp_path):

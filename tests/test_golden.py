@@ -29,6 +29,7 @@ import flcore.strategies as strategies
 from datamodules import Digits
 from flcore import FederatedTrainer
 from flcore.checkpoint import load_checkpoint
+from flcore.client_store import checkpoint_client_states
 from flcore.executors import ProcessPoolExecutor
 from flcore.samplers import ClusteredSampler
 from flcore.server_opt import ServerAdam
@@ -85,7 +86,7 @@ def _run(case: str, tmp_path) -> dict:
     metrics = {k: v for row in trainer.history for k, v in row.items()
                if k.startswith(("global/", "clients/train")) and isinstance(v, float)}
     return {"server_state": _digest(_tensors(ckpt["strategy_state"])),
-            "client_state": _digest(_tensors({"module": ckpt.get("client_states", {}), "bn": ckpt.get("client_bn", {})})),
+            "client_state": _digest(_tensors(checkpoint_client_states(ckpt, trainer.run_dir))),
             "metrics": {k: float(v).hex() for k, v in sorted(metrics.items())}}
 
 
