@@ -57,6 +57,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -116,17 +117,27 @@ MODELS = {
 _sgd = functools.partial(torch.optim.SGD, lr=0.01, momentum=0.5)
 
 
-def _sgd_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    """One hand-written mini-batch step: forward, cross-entropy, backward, optimizer step."""
-    loss = F.cross_entropy(net(x), y)
+def _sgd_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+              amp_dtype: torch.dtype | None = None) -> None:
+    """One hand-written mini-batch step: forward (under ``torch.autocast`` with ``amp_dtype``),
+    cross-entropy, backward, optimizer step."""
+    if amp_dtype is None:
+        loss = F.cross_entropy(net(x), y)
+    else:
+        with torch.autocast(x.device.type, dtype=amp_dtype):
+            loss = F.cross_entropy(net(x), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
 
 
-def hand_loop(net: nn.Module, dm: FederatedDataModule, clients: list[int], state, epochs: int, channels_last: bool):
-    """What a researcher would write by hand: the floor flcore is measured against."""
+def hand_loop(net: nn.Module, dm: FederatedDataModule, clients: list[int], state, epochs: int, channels_last: bool,
+              device: str = "cpu", amp_dtype: torch.dtype | None = None):
+    """What a researcher would write by hand: the floor flcore is measured against. On another
+    ``device`` each mini-batch is copied there (the data stay in host memory, as flcore's do);
+    ``amp_dtype`` runs the forward pass under ``torch.autocast`` (e.g. ``torch.bfloat16``)."""
     out = []
+    net.to(device)
     for cid in clients:
         net.load_state_dict(state)
         net.train()
@@ -137,11 +148,11 @@ def hand_loop(net: nn.Module, dm: FederatedDataModule, clients: list[int], state
             perm = idx[torch.randperm(len(idx), generator=g)]
             for start in range(0, len(perm), dm.batch_size):
                 b = perm[start : start + dm.batch_size]
-                x, y = dm.x_train[b], dm.y_train[b]
+                x, y = dm.x_train[b].to(device, non_blocking=True), dm.y_train[b].to(device, non_blocking=True)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                _sgd_step(net, opt, x, y)
-        out.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+                _sgd_step(net, opt, x, y, amp_dtype)
+        out.append({k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()})
     return out
 
 
@@ -262,7 +273,7 @@ def _fmnist_round_times(executor, rounds: int, epochs: int) -> list[float]:
     dm = FashionMNIST(root=str(ROOT / "data"), num_clients=100, partition=Dirichlet(0.1), batch_size=50)
     net = CNN(1, 10, 28)
     trainer = FederatedTrainer(rounds=rounds, clients_per_round=10, eval_every=10_000, executor=executor,
-                               local={"max_epochs": epochs, "accelerator": "cpu"},
+                               local={"max_epochs": epochs, "accelerator": "cpu", **(local or {})},
                                log_dir=str(ROOT / "benchmarks" / "results" / "speed_runs"), name="rounds")
     trainer.fit(ClientModule(net, optimizer=_sgd, channels_last=True), dm)
     return [h["round/wall_time_s"] for h in trainer.history]
@@ -348,32 +359,36 @@ ROUND_TARGETS = {"FedAvg CNN E=2": 0.95, "LeNet CNN E=5": 0.95, "MLP 64-32-10 Di
                  "cross-device LeNet 1000x20": 0.8}
 
 
-def hand_round(net, dm, clients, state, epochs, channels_last):
-    """A hand-written FedAvg round: :func:`hand_loop` plus the sample-weighted average."""
-    states = hand_loop(net, dm, clients, state, epochs, channels_last)
+def hand_round(net, dm, clients, state, epochs, channels_last, **device_options):
+    """A hand-written FedAvg round: :func:`hand_loop` (``device_options``: its ``device`` and
+    ``amp_dtype``) plus the sample-weighted average."""
+    states = hand_loop(net, dm, clients, state, epochs, channels_last, **device_options)
     return weighted_average(states, [float(len(dm.client_indices[c])) for c in clients])
 
 
-def _flcore_round_driver(dm, make, k, epochs, cl, executor=None):
+def _flcore_round_driver(dm, make, k, epochs, cl, executor=None, local=None):
     """flcore's own trainer round (``FederatedTrainer._round``: sampling, configure_fit, the
     executor, failure policy, aggregation, round metrics; evaluation excluded), set up as ``fit``
-    sets it up. Returns (run_round(r) -> clients, close)."""
+    sets it up; ``local`` adds local Trainer options (e.g. ``accelerator``, ``precision``).
+    Returns (run_round(r) -> clients, close)."""
+    from flcore.client_store import ClientStateStore
     from flcore.seeding import STREAM_SAMPLER, round_rng
     from flcore.strategies import FedAvg
     from flcore.trainer import FederatedTrainer
 
     net = make()
     trainer = FederatedTrainer(strategy=FedAvg(), clients_per_round=k, eval_every=10**9, rounds=10**6,
-                               local={"max_epochs": epochs, "accelerator": "cpu"},
+                               local={"max_epochs": epochs, "accelerator": "cpu", **(local or {})},
                                executor=executor or SequentialExecutor())
     module = ClientModule(net, optimizer=_sgd, channels_last=cl)
     trainer._check(module, dm)
     runner = LocalRunner(module, dm, trainer.local, seed=0)
     trainer.sampler.setup(dm.client_sizes)
     box = {"state": trainer.strategy.initialize({k_: v.clone() for k_, v in net.state_dict().items()}, k)}
+    store = ClientStateStore(tempfile.mkdtemp(prefix="flcore_speed_"))  # FedAvg keeps no client state
 
     def run_round(r):
-        box["state"], _, _ = trainer._round(r, box["state"], {}, runner, dm, 0)
+        box["state"], _ = trainer._round(r, box["state"], store, runner, dm, 0)
         return trainer.sampler.sample(r, dm.num_clients, k, round_rng(0, r, STREAM_SAMPLER))
 
     return run_round, trainer.executor.close
