@@ -153,9 +153,9 @@ class _ClientSchedule(L.Callback):
                               metrics=dict(module.train_metrics), payload=upload,
                               client_state=module.client_state() if module.keeps_client_state else None)
         outcome = _check_finite(result)
-        sink = self.runner.client_state_sink
-        if sink is not None and isinstance(outcome, ClientResult) and outcome.client_state is not None:
-            sink(outcome)  # e.g. into the trainer's client-state store now, not at the round's end
+        sink = self.runner.result_sink
+        if sink is not None and isinstance(outcome, ClientResult):
+            sink(outcome)  # e.g. into the trainer's client-state store and streaming aggregation now
         self.outcomes.append(outcome)
 
 
@@ -295,13 +295,14 @@ class LocalRunner:
             ``None``, asked just before that client trains (so a round never holds every
             participant's state at once); ``None``: the task's own. Set by the trainer when its
             runner trains in the main process.
-        client_state_sink: called with each successful :class:`ClientResult` that has a
-            ``client_state``, as soon as the client is done; it may take the state and set the
-            field to ``None``. ``None``: states stay on the results.
+        result_sink: called with each successful :class:`ClientResult` as soon as its client is
+            done (before the next client trains); it may take the result's tensors (``state``,
+            ``payload``, ``client_state``) and leave them empty. ``None``: results are returned
+            whole. Set by the trainer for one round when its runner trains in this process.
     """
 
     client_state_source = None
-    client_state_sink = None
+    result_sink = None
 
     def __init__(self, module: L.LightningModule | dict[str, L.LightningModule], datamodule,
                  trainer_kwargs: dict[str, Any] | None,

@@ -340,7 +340,34 @@ class FederatedTrainer:
                 own = store.get("bn", task.cid)
                 if own is not None:
                     task.state = {**task.state, **own}
-        outcomes = self.executor.run(rnd, tasks, runner)
+        stats_due = bool(self.model_stats_every) and (rnd + 1) % self.model_stats_every == 0
+        acc = None  # streaming aggregation, unless something needs every result's tensors
+        if not stats_due and type(self.sampler).observe is ClientSampler.observe:
+            sizes = datamodule.client_sizes
+            acc = self.strategy.accumulator(rnd, state, [1.0 if self.sampler.equal_weights else float(sizes[t.cid])
+                                                         for t in tasks])
+        taken: dict[int, float] = {}  # id(result) -> its upload bytes
+
+        def take(r: ClientResult) -> None:
+            """Each successful result once, as soon as it is done: its client state and BN entries
+            to the store, its upload to the accumulator (which may empty it)."""
+            if self.sampler.equal_weights:
+                r.agg_weight = 1.0
+            taken[id(r)] = float(state_bytes(r.state) + payload_bytes(r.payload))
+            if r.client_state is not None:
+                store.stage("module", r.cid, r.client_state)
+                r.client_state = None
+            if self.bn_policy != "average":  # cloned: aggregation may reuse the results' tensors
+                store.stage("bn", r.cid, {k: r.state[k].clone() for k in self._bn_keys.get(self._arch_of(r.cid), [])})
+            if acc is not None:
+                acc.add(r)
+
+        if isinstance(self.executor, SequentialExecutor):
+            runner.result_sink = take
+        try:
+            outcomes = self.executor.run(rnd, tasks, runner)
+        finally:
+            runner.result_sink = None
         results: list[ClientResult] = [o for o in outcomes if isinstance(o, ClientResult)]
         failures = [o for o in outcomes if isinstance(o, ClientFailure)]
         if failures:
@@ -349,19 +376,13 @@ class FederatedTrainer:
                 what = "every client failed" if not results else f"{len(failures)} client(s) failed"
                 raise ClientFailureError(f"round {rnd + 1}: {what} ({detail})")
             warnings.warn(f"round {rnd + 1}: dropped {len(failures)} failed client(s): {detail}", stacklevel=2)
-        if self.sampler.equal_weights:
-            for r in results:
-                r.agg_weight = 1.0
+        for r in results:  # the results of executors in other processes (failed clients keep their old state)
+            if id(r) not in taken:
+                take(r)
         self.sampler.observe(tasks, results)  # before aggregation, which may reuse the results' tensors
-        stats_due = bool(self.model_stats_every) and (rnd + 1) % self.model_stats_every == 0
         stats = client_drift(tasks, results) if stats_due else {}
-        for r in results:  # failed clients keep their old state
-            if r.client_state is not None:
-                store.stage("module", r.cid, r.client_state)
-                r.client_state = None
-            if self.bn_policy != "average":  # before aggregation reuses the results' tensors
-                store.stage("bn", r.cid, {k: r.state[k].clone() for k in self._bn_keys.get(self._arch_of(r.cid), [])})
-        state = self.strategy.aggregate_fit(rnd, results, state, rng)
+        state = (acc.finish(rnd, results, state, rng) if acc is not None
+                 else self.strategy.aggregate_fit(rnd, results, state, rng))
         stats.update(self.strategy.round_metrics(state))
         bad = nonfinite_entries(state)
         if bad:
@@ -375,7 +396,7 @@ class FederatedTrainer:
             "round/wall_time_s": wall,
             "round/samples_per_s": sum(r.num_samples for r in results) * epochs / max(wall, 1e-9),
             "round/bytes_down": float(sum(state_bytes(t.state) + payload_bytes(t.payload) for t in tasks)),
-            "round/bytes_up": float(sum(state_bytes(r.state) + payload_bytes(r.payload) for r in results)),
+            "round/bytes_up": float(sum(taken[id(r)] for r in results)),
             "round/failed_clients": float(len(failures)),
             **stats,
         }
@@ -481,21 +502,16 @@ class FederatedTrainer:
 @contextmanager
 def _streaming(runner: LocalRunner, store: ClientStateStore, executor: Executor):
     """When clients train in this process, hand each its client state from ``store`` just
-    before it trains and stage its new one as soon as it is done (a round then holds about one
-    participant's state at a time instead of all of them)."""
+    before it trains (with :meth:`FederatedTrainer._round`'s result sink, a round then holds
+    about one participant's state at a time instead of all of them)."""
     if not isinstance(executor, SequentialExecutor):
         yield
         return
-    def sink(result: ClientResult) -> None:
-        store.stage("module", result.cid, result.client_state)
-        result.client_state = None
-
     runner.client_state_source = lambda cid: store.get("module", cid)
-    runner.client_state_sink = sink
     try:
         yield
     finally:
-        runner.client_state_source = runner.client_state_sink = None
+        runner.client_state_source = None
 
 
 @contextmanager

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import pytest
@@ -119,6 +120,23 @@ def test_strategy_contract(tmp_path, name):
         return new
 
     strategy.aggregate_fit = checked_aggregate
+    make_accumulator = strategy.accumulator
+
+    def checked_accumulator(rnd, state, weights):  # streaming aggregation keeps the same contract
+        acc = make_accumulator(rnd, state, weights)
+        if acc is not None:
+            acc.finish = functools.partial(checked_aggregate_with, acc.finish)
+        return acc
+
+    def checked_aggregate_with(finish, rnd, results, state, rng):
+        nonlocal aggregate
+        aggregate, saved = finish, aggregate
+        try:
+            return checked_aggregate(rnd, results, state, rng)
+        finally:
+            aggregate = saved
+
+    strategy.accumulator = checked_accumulator
     seed_everything(0)
     trainer = FederatedTrainer(strategy=strategy, rounds=2, clients_per_round=3, local={"max_epochs": 1},
                                log_dir=str(tmp_path), name=name, architectures=archs)

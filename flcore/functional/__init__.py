@@ -31,6 +31,7 @@ __all__ = [
     "StateDict",
     "weighted_average",
     "mix",
+    "RunningMix",
     "cross_aggregate",
     "gram_matrices",
     "model_geometry",
@@ -95,6 +96,55 @@ def mix(tensors: Sequence[Tensor], weights: Sequence[float], out: Tensor | None 
             acc.add_(t.to(torch.float64), alpha=float(w))
         result = acc.round_().to(first.dtype)
     return result if out is None else out.copy_(result)
+
+
+class RunningMix:
+    """:func:`mix` one tensor at a time, for aggregation that takes results as they arrive.
+
+    After ``add(t_1, w_1) ... add(t_K, w_K)``, :meth:`result` is ``mix([t_1..t_K], [w_1..w_K])``
+    bit for bit (the same kernels in the same order), except for :func:`mix`'s two-tensor
+    shortcut (``K = 2`` with weights summing to 1), which only a whole list can take. Holds one
+    accumulator of the tensors' shape (float32/64 for floating inputs, float64 for integers).
+
+    >>> acc = RunningMix()
+    >>> for t, w in [(torch.tensor([1.0, 2.0]), 0.5), (torch.tensor([3.0, 4.0]), 0.25), (torch.tensor([0.0, 4.0]), 0.25)]:
+    ...     acc.add(t, w)
+    >>> acc.result()
+    tensor([1.2500, 3.0000])
+    """
+
+    def __init__(self):
+        self._acc: Tensor | None = None
+        self._dtype: torch.dtype | None = None
+
+    def add(self, tensor: Tensor, weight: float) -> None:
+        """Accumulate ``weight * tensor`` (same shape and dtype as the first one added)."""
+        if self._acc is None:
+            self._dtype = tensor.dtype
+            if tensor.is_floating_point():
+                acc_dtype = torch.promote_types(tensor.dtype, torch.float32)
+                self._acc = torch.mul(tensor if tensor.dtype == acc_dtype else tensor.to(acc_dtype), float(weight))
+            else:
+                self._acc = torch.zeros(tensor.shape, dtype=torch.float64, device=tensor.device)
+                self._acc.add_(tensor.to(torch.float64), alpha=float(weight))
+            return
+        self._acc.add_(tensor if tensor.dtype == self._acc.dtype else tensor.to(self._acc.dtype), alpha=float(weight))
+
+    def scale_(self, factor: float) -> None:
+        """Multiply what was accumulated by ``factor`` (e.g. to renormalise weights)."""
+        self._acc.mul_(float(factor))
+
+    def result(self) -> Tensor:
+        """The mix, in the inputs' dtype (integers rounded to nearest).
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        if self._acc is None:
+            raise ValueError("RunningMix.result: nothing was added")
+        if self._dtype.is_floating_point:
+            return self._acc if self._acc.dtype == self._dtype else self._acc.to(self._dtype)
+        return self._acc.round_().to(self._dtype)
 
 
 def weighted_average(states: Sequence[Mapping[str, Tensor]], weights: Sequence[float]) -> StateDict:

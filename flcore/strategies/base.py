@@ -18,7 +18,28 @@ import numpy as np
 from flcore.functional import StateDict
 from flcore.messages import ClientFailure, ClientResult, ClientTask
 
-__all__ = ["Strategy", "HeterogeneousStrategy", "ClientTask", "ClientResult", "ClientFailure"]
+__all__ = ["Strategy", "HeterogeneousStrategy", "RoundAccumulator", "ClientTask", "ClientResult", "ClientFailure"]
+
+
+class RoundAccumulator(ABC):
+    """A round's aggregation taken one result at a time (:meth:`Strategy.accumulator`).
+
+    The trainer calls :meth:`add` with each successful result as soon as it is done, in task
+    order, then :meth:`finish` once with every successful result: :meth:`add` may take the
+    result's tensors (``state`` and ``payload``) and leave them empty, so a round never holds all
+    of them; :meth:`finish` sees the results' other fields (cid, slot, weight, metrics).
+    """
+
+    @abstractmethod
+    def add(self, result: ClientResult) -> None:
+        """Fold in one successful result (it may empty ``result.state`` / ``result.payload``)."""
+
+    @abstractmethod
+    def finish(self, rnd: int, results: list[ClientResult], state: dict[str, Any],
+               rng: np.random.Generator) -> dict[str, Any]:
+        """The new server state; equal to :meth:`Strategy.aggregate_fit` on the same results
+        (bit for bit when no client failed, and to rounding when the weights had to be
+        renormalised)."""
 
 
 class Strategy(ABC):
@@ -65,6 +86,14 @@ class Strategy(ABC):
         self, rnd: int, clients: list[int], state: dict[str, Any], rng: np.random.Generator
     ) -> list[ClientTask]:
         """Tasks of round ``rnd`` (0-based) for the sampled ``clients``."""
+
+    def accumulator(self, rnd: int, state: dict[str, Any], weights: list[float]) -> RoundAccumulator | None:
+        """Opt-in streaming aggregation: an accumulator for round ``rnd`` that takes the results
+        one at a time (``weights``: each task's expected aggregation weight, in task order), so
+        that a round holds one client's upload at a time instead of all of them; ``None`` (the
+        base): :meth:`aggregate_fit` gets the whole list. The trainer also passes the whole list
+        when something else needs every result (an adaptive sampler, the model statistics)."""
+        return None
 
     @abstractmethod
     def aggregate_fit(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flcore.functional import StateDict, weighted_average
+from flcore.functional import RunningMix, StateDict, weighted_average
 from flcore.server_opt import ServerOptimizer, apply_server_step
-from flcore.strategies.base import ClientResult, ClientTask, Strategy
+from flcore.strategies.base import ClientResult, ClientTask, RoundAccumulator, Strategy
 
 __all__ = ["FedAvg"]
 
@@ -51,6 +51,14 @@ class FedAvg(Strategy):
         return self.server_step(state, {**state, "global": weighted_average([r.state for r in results],
                                                                             [r.weight for r in results])})
 
+    def accumulator(self, rnd, state, weights):
+        """The weighted mean one result at a time (:class:`WeightedMean`): for FedAvg itself and
+        the subclasses that keep its aggregation (FedProx, MOON). Two tasks: ``None``
+        (:func:`~flcore.functional.mix` takes a two-model shortcut that only a whole list can)."""
+        if type(self).aggregate_fit is not FedAvg.aggregate_fit or len(weights) == 2:
+            return None
+        return WeightedMean(weights, lambda new: self.server_step(state, {**state, "global": new}))
+
     def server_step(self, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         """``new`` (this round's aggregate state) with the server optimizer's step applied to its
         global model, from ``old["global"]`` (:func:`flcore.server_opt.apply_server_step`)."""
@@ -58,3 +66,38 @@ class FedAvg(Strategy):
 
     def global_model(self, state) -> StateDict:
         return state["global"]
+
+
+class WeightedMean(RoundAccumulator):
+    """``sum_k (n_k / n) w_k`` over results taken one at a time (FedAvg, McMahan et al. 2017,
+    Alg. 1), equal bit for bit to :func:`~flcore.functional.weighted_average` over the same list.
+
+    The normalisation uses the expected weights (``weights``, one per task); if some clients
+    failed, the sums are renormalised by ``expected / actual`` total weight at the end (equal to
+    the direct mean up to rounding). Each result's ``state`` is emptied once added.
+
+    Args:
+        weights: the tasks' expected aggregation weights (sample counts, or 1 each), in task order.
+        done: ``new global state_dict -> new server state``.
+    """
+
+    def __init__(self, weights: list[float], done):
+        self.expected = float(sum(weights))
+        self.seen = 0.0
+        self.mixes: dict[str, RunningMix] = {}
+        self.done = done
+
+    def add(self, result: ClientResult) -> None:
+        weight = result.weight
+        self.seen += weight
+        for key, tensor in result.state.items():
+            self.mixes.setdefault(key, RunningMix()).add(tensor, weight / self.expected)
+        result.state = {}
+
+    def finish(self, rnd, results, state, rng):
+        if not results:
+            return state
+        if self.seen != self.expected:  # failed clients: renormalise over the ones that returned
+            for m in self.mixes.values():
+                m.scale_(self.expected / self.seen)
+        return self.done({key: m.result() for key, m in self.mixes.items()})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flcore.functional import mix, weighted_average
+from flcore.functional import RunningMix, mix, weighted_average
 from flcore.server_opt import ServerOptimizer
-from flcore.strategies.base import ClientTask
+from flcore.strategies.base import ClientResult, ClientTask, RoundAccumulator
 from flcore.strategies.fedavg import FedAvg
 
 __all__ = ["Scaffold"]
@@ -50,13 +50,59 @@ class Scaffold(FedAvg):
     def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:
         if not results:
             return state
-        x = state["global"]
         mean_y = weighted_average([r.state for r in results], [1.0] * len(results))
-        new_x = {k: mix([x[k], mean_y[k]], [1.0 - self.global_lr, self.global_lr]) for k in x}
         deltas = [r.payload["delta_c"] for r in results if "delta_c" in r.payload]
+        totals = {key: mix([d[key] for d in deltas], [1.0] * len(deltas)) for key in (deltas[0] if deltas else [])}
+        return self._update(state, mean_y, totals, len(results))
+
+    def _update(self, state, mean_y, delta_totals, count: int) -> dict[str, Any]:
+        """``x <- x + eta_g (mean_y - x)`` and ``c <- c + (1 / N) sum_i delta_c_i`` (Alg. 1,
+        lines 16-17) from the round's mean model and summed control-variate updates."""
+        x = state["global"]
+        new_x = {k: mix([x[k], mean_y[k]], [1.0 - self.global_lr, self.global_lr]) for k in x}
         c = dict(state["c"])
-        n = max(state["num_clients"], len(results))
-        for key in deltas[0] if deltas else []:
-            total = mix([d[key] for d in deltas], [1.0] * len(deltas))
+        n = max(state["num_clients"], count)
+        for key, total in delta_totals.items():
             c[key] = total / n if key not in c else c[key] + total / n
         return self.server_step(state, {**state, "global": new_x, "c": c})
+
+    def accumulator(self, rnd, state, weights):
+        """Alg. 1's two sums one result at a time (:class:`ScaffoldSums`); ``None`` for two tasks
+        (as :meth:`FedAvg.accumulator`) or a subclass with an aggregation of its own."""
+        if type(self).aggregate_fit is not Scaffold.aggregate_fit or len(weights) == 2:
+            return None
+        return ScaffoldSums(len(weights), lambda mean_y, totals, count: self._update(state, mean_y, totals, count))
+
+
+class ScaffoldSums(RoundAccumulator):
+    """SCAFFOLD's server sums over results taken one at a time: the unweighted mean of the
+    returned models and the sum of their ``delta_c`` uploads, equal bit for bit to
+    :meth:`Scaffold.aggregate_fit` when every task returned (renormalised to the returned count
+    otherwise). Each result's ``state`` and ``payload`` are emptied once added.
+
+    Args:
+        expected: the number of tasks.
+        done: ``(mean model, {key: summed delta_c}, returned count) -> new server state``.
+    """
+
+    def __init__(self, expected: int, done):
+        self.expected, self.count, self.done = expected, 0, done
+        self.models: dict[str, RunningMix] = {}
+        self.deltas: dict[str, RunningMix] = {}
+
+    def add(self, result: ClientResult) -> None:
+        self.count += 1
+        for key, tensor in result.state.items():
+            self.models.setdefault(key, RunningMix()).add(tensor, 1.0 / self.expected)
+        for key, tensor in result.payload.get("delta_c", {}).items():
+            self.deltas.setdefault(key, RunningMix()).add(tensor, 1.0)
+        result.state, result.payload = {}, {}
+
+    def finish(self, rnd, results, state, rng):
+        if not results:
+            return state
+        if self.count != self.expected:
+            for m in self.models.values():
+                m.scale_(self.expected / self.count)
+        return self.done({k: m.result() for k, m in self.models.items()},
+                         {k: m.result() for k, m in self.deltas.items()}, self.count)
