@@ -7,7 +7,8 @@ the run (client-state files included) and the median seconds per round. Every cl
 Fashion-MNIST training images drawn at random (a fixed-size split, so that a round costs the same
 at every population: what grows with the population is only the client-resident state), 100
 clients per round, 1 local epoch, batch 50, SGD lr 0.01 momentum 0.5, ``--rounds`` rounds
-(default 8: up to 800 distinct clients visited), a checkpoint every round, all checkpoints kept.
+(default 8: up to 800 distinct clients visited), a checkpoint every round (the newest 3 kept, the
+default).
 FEMNIST's own data needs a download; its population is simulated on Fashion-MNIST here.
 
 A second table is the setting in which SCAFFOLD's growth was first measured: IID over 2,000
@@ -83,7 +84,7 @@ def child(spec: dict) -> dict:
     strategy = {"scaffold": Scaffold, "moon": Moon}.get(method, FedAvg)()
     kwargs = dict(strategy=strategy, rounds=spec["rounds"], clients_per_round=spec["per_round"], eval_every=spec["rounds"],
                   local={"max_epochs": 1, "accelerator": "cpu"}, log_dir=spec["log_dir"], name=spec["name"],
-                  checkpoint_every=1, keep_checkpoints=0, checkpoint_interval_s=None)
+                  checkpoint_every=1, checkpoint_interval_s=None)
     if method == "fedbn":
         kwargs["bn_policy"] = "local"
     if "client_state_mb" in inspect.signature(FederatedTrainer).parameters and spec.get("budget_mb", "default") != "default":
