@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from flcore.batchnorm import bn_entries
@@ -183,6 +184,7 @@ class FederatedTrainer:
         self.bn_policy = bn_policy
         self.client_state_mb = client_state_mb
         self.client_store: ClientStateStore | None = None  # set by fit
+        self._parked: dict[int, tuple[dict, Path]] = {}  # slot -> (dispatched model, its copy on disk), this round
         self._bn_keys: dict[str | None, list[str]] = {}  # per architecture, for bn_policy != average
         self.client_eval_every, self.client_test_size = client_eval_every, client_test_size
         self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
@@ -305,6 +307,7 @@ class FederatedTrainer:
             except (RunInterrupted, ClientFailureError) as err:
                 logger.finalize("interrupted")
                 store.discard()  # the interrupted round's states: the checkpoint is the last completed round's
+                self._unpark()
                 path = self._save(completed, state, datamodule, logger.version)
                 self._write_results(seed, "interrupted" if isinstance(err, RunInterrupted) else "failed")
                 msg = f"{err}; last good state (round {completed}) saved to {path}"
@@ -347,6 +350,7 @@ class FederatedTrainer:
             acc = self.strategy.accumulator(rnd, state, [1.0 if self.sampler.equal_weights else float(sizes[t.cid])
                                                          for t in tasks])
         taken: dict[int, float] = {}  # id(result) -> its upload bytes
+        reuse = self._reusable_dispatch(tasks, stats_due)
 
         def take(r: ClientResult) -> None:
             """Each successful result once, as soon as it is done: its client state and BN entries
@@ -359,6 +363,12 @@ class FederatedTrainer:
                 r.client_state = None
             if self.bn_policy != "average":  # cloned: aggregation may reuse the results' tensors
                 store.stage("bn", r.cid, {k: r.state[k].clone() for k in self._bn_keys.get(self._arch_of(r.cid), [])})
+            target = reuse.get(r.slot)
+            if target is not None:  # the slot's old model to disk, the result into its memory
+                self._park(r.slot, target)
+                for k, v in r.state.items():
+                    target[k].copy_(v)
+                r.state = target
             if acc is not None:
                 acc.add(r)
 
@@ -410,7 +420,37 @@ class FederatedTrainer:
                 raise DivergedError(f"round {rnd + 1}: the global model diverged (test loss "
                                     f"{metrics['global/test_loss']}); lower the learning rate or check the data")
         store.commit()
+        for _, path in self._parked.values():  # the round completed: its old models are not needed any more
+            path.unlink(missing_ok=True)
+        self._parked.clear()
         return state, metrics
+
+    def _reusable_dispatch(self, tasks: list[ClientTask], stats_due: bool) -> dict[int, dict]:
+        """``{slot: dispatched state}`` whose memory a result may take (see
+        :attr:`Strategy.reads_dispatched_state`): in this process only, not on model-statistics
+        rounds (they compare each result with what was sent), and only for dispatched states no
+        other task shares (a shared initial model is left alone)."""
+        if (self.strategy.reads_dispatched_state or stats_due or self.run_dir is None
+                or not isinstance(self.executor, SequentialExecutor)):
+            return {}
+        tensors = [id(v) for t in tasks for v in t.state.values()]
+        if len({id(t.state) for t in tasks}) < len(tasks) or len(set(tensors)) < len(tensors):
+            return {}
+        return {t.slot: t.state for t in tasks}
+
+    def _park(self, slot: int, model: dict) -> None:
+        """Keep slot ``slot``'s dispatched model on disk until the round completes."""
+        folder = self.run_dir / ".dispatched"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"slot_{slot}.pt"
+        torch.save(model, path)
+        self._parked[slot] = (model, path)
+
+    def _unpark(self) -> None:
+        """Put the parked models back (the round did not complete: its state is checkpointed)."""
+        for model, path in self._parked.values():
+            model.update(torch.load(path, map_location="cpu", weights_only=True))
+        self._parked.clear()
 
     def _arch_of(self, cid: int) -> str | None:
         return self._client_arch[cid] if self._modules is not None else None

@@ -42,8 +42,9 @@ KILLER = textwrap.dedent("""
     else:  # killed half-way through writing the n-th checkpoint file
         orig_save = flcore.checkpoint.torch.save
         def save(obj, f, *a, **k):
-            calls[0] += 1
-            if calls[0] == n:
+            if isinstance(obj, dict) and "strategy_state" in obj:  # checkpoint files only
+                calls[0] += 1
+            if calls[0] == n and isinstance(obj, dict) and "strategy_state" in obj:
                 f.write(b"PK partial checkpoint bytes")
                 f.flush()
                 os.kill(os.getpid(), signal.SIGKILL)

@@ -57,6 +57,13 @@ class Strategy(ABC):
     #: mismatched pair never runs silently as another method.
     client_objective: ClassVar[str | None] = None
 
+    #: Whether :meth:`aggregate_fit` reads a task's dispatched ``state`` for a slot that returned
+    #: a result. ``False`` (FedCross, FedMR: a slot's old model matters only if its client
+    #: failed) lets the trainer copy each result into its slot's dispatched model as soon as it
+    #: is done, so a round holds K models instead of 2K (the old one is kept on disk until the
+    #: round completes, for an interrupt checkpoint).
+    reads_dispatched_state: ClassVar[bool] = True
+
     def validate(self, num_clients: int, clients_per_round: int) -> None:
         """Check hyper-parameters against the federation; raise ``ValueError`` naming the field.
 

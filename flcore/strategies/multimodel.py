@@ -35,6 +35,8 @@ class MultiModelStrategy(Strategy):
         ValueError: ``first_stage_rounds < 0``; an unknown weighting; K < 2 (in :meth:`validate`).
     """
 
+    reads_dispatched_state = False  # a slot's previous model is read only when its client failed
+
     def __init__(self, first_stage_rounds: int = 0, first_stage_weighting: str = "samples"):
         if first_stage_rounds < 0:
             raise ValueError(f"strategy.first_stage_rounds: must be >= 0, got {first_stage_rounds}")
