@@ -27,3 +27,16 @@ def run_cli(tmp_path, capsys):
         return code, out.out, out.err
 
     return _run
+
+
+def assert_same_tree(a, b, path=""):
+    """``a`` and ``b`` (nested dicts of tensors and plain values) are equal: the same keys, the
+    same dtypes and every tensor bit for bit."""
+    assert a.keys() == b.keys(), path
+    for k in a:
+        if isinstance(a[k], dict):
+            assert_same_tree(a[k], b[k], f"{path}/{k}")
+        elif isinstance(a[k], torch.Tensor):
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), f"{path}/{k}"
+        else:
+            assert a[k] == b[k], f"{path}/{k}"

@@ -11,6 +11,7 @@ from flcore.checkpoint import load_checkpoint
 from flcore.client_store import checkpoint_client_states
 from flcore.errors import ConfigError
 from flcore.local import LocalRunner
+from flcore.strategies.fedavg import WeightedMean
 from flcore.strategies import FedAvg
 from lightning_modules import ClientModule
 from lightning_modules.models import CNN, HeteroResNet
@@ -33,16 +34,21 @@ def test_bn_entries_by_policy():
 def test_clients_train_with_their_own_bn_entries(tmp_path, monkeypatch, policy):
     """Round 2: every client starts from the global model except its BN entries (all of them for
     FedBN, the statistics for local_stats), which are exactly what it trained in round 1."""
-    sent = []
-    fit_many = LocalRunner.fit_many
+    sent, uploads = [], []
+    fit_many, add = LocalRunner.fit_many, WeightedMean.add
 
     def spy(self, tasks, rnd):
-        outcomes = fit_many(self, tasks, rnd)
         sent.append([(t.cid, {k: v.clone() for k, v in t.state.items()}) for t in tasks])
-        sent[-1].append([{k: v.clone() for k, v in o.state.items()} for o in outcomes])
+        outcomes = fit_many(self, tasks, rnd)
+        sent[-1].append(uploads[-len(tasks):])  # (the streaming aggregation took them as they came)
         return outcomes
 
+    def spy_add(self, result):
+        uploads.append({k: v.clone() for k, v in result.state.items()})
+        add(self, result)
+
     monkeypatch.setattr(LocalRunner, "fit_many", spy)
+    monkeypatch.setattr(WeightedMean, "add", spy_add)
     seed_everything(0)
     trainer = FederatedTrainer(strategy=FedAvg(), rounds=2, clients_per_round=3, local={"max_epochs": 1},
                                log_dir=str(tmp_path), bn_policy=policy, client_eval_every=2)

@@ -2,7 +2,6 @@
 collection, and runs through it (same results under any budget, checkpoints that name files,
 bit-identical resume after kill -9 anywhere, checkpoints from before the store)."""
 
-import os
 import signal
 import textwrap
 from pathlib import Path
@@ -19,6 +18,7 @@ from flcore.errors import ConfigError
 from flcore.strategies import Scaffold
 from lightning_modules import ScaffoldModule
 from lightning_modules.models import CNN
+from tests.conftest import assert_same_tree
 from tests.test_reliability import _cli, _tensorboard_steps
 
 
@@ -111,25 +111,14 @@ def _scaffold(tmp_path, name, budget, rounds=4, **kw):
     return trainer, ckpt
 
 
-def _same(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], dict):
-            _same(a[k], b[k])
-        elif isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
-
-
 def test_any_budget_gives_the_same_run_and_checkpoints_name_files(tmp_path):
     free, ckpt_free = _scaffold(tmp_path, "free", None)
     tight, ckpt_tight = _scaffold(tmp_path, "tight", 0)
     assert tight.client_store.spills > 0 and tight.client_store.loads > 0  # it did go through the disk
     assert [h.get("global/test_acc") for h in free.history] == [h.get("global/test_acc") for h in tight.history]
-    _same(ckpt_free["strategy_state"], ckpt_tight["strategy_state"])
+    assert_same_tree(ckpt_free["strategy_state"], ckpt_tight["strategy_state"])
     states = checkpoint_client_states(ckpt_tight, tight.run_dir)
-    _same(checkpoint_client_states(ckpt_free, free.run_dir), states)
+    assert_same_tree(checkpoint_client_states(ckpt_free, free.run_dir), states)
     assert sorted(states["module"]) == sorted(ckpt_tight["client_store"]["entries"]["module"])
     assert "client_states" not in ckpt_tight  # named, not copied
     # garbage collection: exactly the files the two remaining checkpoints name
@@ -157,8 +146,8 @@ def test_checkpoints_from_before_the_store_resume(tmp_path):
                                keep_checkpoints=2)
     trainer.fit(_module(), datamodule=Digits(num_clients=5, batch_size=50, seed=0), ckpt_path=str(legacy))
     ckpt = load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")
-    _same(ckpt_full["strategy_state"], ckpt["strategy_state"])
-    _same(checkpoint_client_states(ckpt_full, full.run_dir), checkpoint_client_states(ckpt, trainer.run_dir))
+    assert_same_tree(ckpt_full["strategy_state"], ckpt["strategy_state"])
+    assert_same_tree(checkpoint_client_states(ckpt_full, full.run_dir), checkpoint_client_states(ckpt, trainer.run_dir))
 
 
 # ---------------------------------------------------------------- kill -9, then resume
@@ -222,6 +211,6 @@ def test_sigkill_with_the_store_then_resume_is_bit_identical(tmp_path, reference
     ref_ck, ref_states = reference
     curve = lambda c: [(h["round"], h.get("global/test_acc"), h.get("clients/train_loss")) for h in c["history"]]  # noqa: E731
     assert ck["round"] == 4 and curve(ck) == curve(ref_ck)
-    _same(ref_ck["strategy_state"], ck["strategy_state"])
-    _same(ref_states, states)
+    assert_same_tree(ref_ck["strategy_state"], ck["strategy_state"])
+    assert_same_tree(ref_states, states)
     assert _tensorboard_steps(tmp_path, "global/test_acc") == [1, 2, 3, 4]

@@ -15,6 +15,7 @@ from flcore.server_opt import ServerAdam
 from flcore.strategies import FedAvg, FedMedian, FedProx, Moon, Scaffold
 from lightning_modules import ClientModule
 from lightning_modules.models import CNN
+from tests.conftest import assert_same_tree
 
 
 def _results(k: int, seed: int = 0, delta_c: bool = False) -> list[ClientResult]:
@@ -26,17 +27,6 @@ def _results(k: int, seed: int = 0, delta_c: bool = False) -> list[ClientResult]
         payload = {"delta_c": {"w": torch.randn(7, 3, generator=g)}} if delta_c else {}
         out.append(ClientResult(cid=i, slot=i, state=state, num_samples=10 + 3 * i, payload=payload))
     return out
-
-
-def _equal(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], dict):
-            _equal(a[k], b[k])
-        elif isinstance(a[k], torch.Tensor):
-            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
-        else:
-            assert a[k] == b[k], k
 
 
 def test_running_mix_is_mix_bit_for_bit():
@@ -68,7 +58,7 @@ def test_accumulator_equals_aggregate_fit(strategy):
     for r in results:
         acc.add(r)
         assert r.state == {}  # taken: the round does not hold it any more
-    _equal(acc.finish(1, results, state, rng), want)
+    assert_same_tree(acc.finish(1, results, state, rng), want)
     # a failed client: the expected weights include it, the sums are renormalised
     results = _results(k, delta_c=scaffold)
     acc = strategy.accumulator(1, state, [1.0 if scaffold else r.weight for r in results])
