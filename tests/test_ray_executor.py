@@ -12,6 +12,7 @@ from tests.test_executor import KillerDigits, assert_same_as_sequential
 ray = pytest.importorskip("ray")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
+from datamodules import Digits  # noqa: E402
 from flcore import FederatedTrainer  # noqa: E402
 from flcore.executors import RayExecutor  # noqa: E402
 from flcore.strategies import FedAvg, FedCross  # noqa: E402
@@ -30,9 +31,30 @@ def local_ray():
     ray.shutdown()
 
 
-@pytest.mark.parametrize("strategy", [FedAvg, lambda: FedCross(alpha=0.9)], ids=["fedavg", "fedcross"])
-def test_ray_equals_sequential(local_ray, tmp_path, strategy):
-    assert_same_as_sequential(RayExecutor(num_workers=2, num_cpus_per_worker=1, address="auto"), strategy, tmp_path)
+@pytest.mark.parametrize("strategy,data", [(FedAvg, "object_store"), (lambda: FedCross(alpha=0.9), "object_store"),
+                                           (FedAvg, "reload")], ids=["fedavg", "fedcross", "fedavg-reload"])
+def test_ray_equals_sequential(local_ray, tmp_path, strategy, data):
+    assert_same_as_sequential(RayExecutor(num_workers=2, num_cpus_per_worker=1, address="auto", data=data),
+                              strategy, tmp_path)
+
+
+class DriverOnlyDigits(Digits):
+    """Data that only the driver's process can load (as on a cluster whose nodes lack the data)."""
+
+    def load(self):
+        if os.getpid() != self.driver_pid:
+            raise FileNotFoundError("no data set on this node")
+        return super().load()
+
+
+def test_ray_workers_need_no_data_of_their_own(local_ray, tmp_path):
+    """``data="object_store"``: the actors get the driver's data from Ray's object store."""
+    dm = DriverOnlyDigits(num_clients=4, batch_size=32)
+    dm.driver_pid = os.getpid()
+    trainer = FederatedTrainer(strategy=FedAvg(), rounds=1, clients_per_round=4, local={"max_epochs": 1},
+                               log_dir=str(tmp_path), name="nodisk", executor=RayExecutor(2, address="auto"))
+    trainer.fit(ClientModule(CNN(1, 10, 8)), dm)
+    assert trainer.history[-1]["round/failed_clients"] == 0
 
 
 def test_killed_ray_actor_is_a_failed_client(local_ray, tmp_path):
@@ -52,6 +74,8 @@ def test_ray_executor_bad_arguments():
         RayExecutor(num_workers=0)
     with pytest.raises(ValueError, match="num_gpus_per_worker"):
         RayExecutor(num_gpus_per_worker=-1)
+    with pytest.raises(ValueError, match=r"trainer.executor.data: must be one of \['object_store', 'reload'\]"):
+        RayExecutor(data="nfs")
 
 
 def test_missing_ray_is_one_clear_line(monkeypatch):

@@ -81,8 +81,12 @@ class ProcessPoolExecutor(Executor):
     the results equal the sequential executor's bit for bit when both use the same number of
     torch threads per process. A worker that dies makes its clients fail for that round (the
     trainer's ``on_client_failure`` policy applies) and the pool is rebuilt. Workers end with the
-    trainer's process, whatever signal ended it (``kill -9`` included). CPU only: with a GPU
-    use the sequential executor.
+    trainer's process, whatever signal ended it (``kill -9`` included). With ``spawn`` each worker
+    initialises its own CUDA context, so several small-model clients can share one GPU
+    (``local.accelerator: gpu``; measured by ``benchmarks/gpu_check.sh``); for one large model
+    per GPU the sequential executor is simpler. The client-state store's streaming (a state
+    fetched just before its client trains) applies to the sequential executor only: here a
+    round's tasks carry their clients' states.
 
     Args:
         num_workers: worker processes (>= 1).

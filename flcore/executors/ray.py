@@ -52,13 +52,15 @@ def datamodule_recipe(datamodule) -> Any:
 class _ClientWorker:
     """The body of one Ray actor: its own datamodule, reusable Trainer and LightningModule."""
 
-    def __init__(self, module_bytes: bytes, recipe, trainer_kwargs, seed: int, callbacks, threads: int):
+    def __init__(self, module_bytes: bytes, datamodule, trainer_kwargs, seed: int, callbacks, threads: int):
         torch.set_num_threads(threads)
-        partition = {k: getattr(recipe, k) for k in ("client_indices", "client_test_indices") if hasattr(recipe, k)}
-        recipe.setup("fit")  # loads the data inside the actor (x_train is None in a recipe)
-        for key, value in partition.items():
-            setattr(recipe, key, value)  # the driver's partition, exactly
-        self.runner = LocalRunner(pickle.loads(module_bytes), recipe, trainer_kwargs, seed, callbacks)
+        if getattr(datamodule, "x_train", None) is None:  # a recipe (data="reload"): load the data here
+            partition = {k: getattr(datamodule, k) for k in ("client_indices", "client_test_indices")
+                         if hasattr(datamodule, k)}
+            datamodule.setup("fit")
+            for key, value in partition.items():
+                setattr(datamodule, key, value)  # the driver's partition, exactly
+        self.runner = LocalRunner(pickle.loads(module_bytes), datamodule, trainer_kwargs, seed, callbacks)
 
     def fit_many(self, calls: list[tuple[ClientTask, Any]], rnd: int) -> list[ClientResult | ClientFailure]:
         """A chunk of ``(task, state or its ObjectRef)`` in one group fit."""
@@ -84,9 +86,13 @@ class RayExecutor(Executor):
     * ``address=None`` starts a local Ray instance with ``num_workers * num_cpus_per_worker``
       CPUs (and shuts it down at the end of the run); ``"auto"`` or ``"ray://host:port"`` joins
       a running cluster (``ray start --head`` on the head node, ``ray start --address=...`` on the
-      others); every node then needs flcore installed and the data under the config's ``root``.
-    * Each actor receives the LightningModule once and loads its data itself from the
-      datamodule's config; the driver's partition travels as client index arrays.
+      others); every node then needs flcore installed.
+    * Each actor receives the LightningModule once, and its data: with ``data="object_store"``
+      (default) the driver's set-up datamodule, tensors included, is put into Ray's object store
+      once per run and each node fetches it from there, so no node needs the data set on its own
+      disk (no shared file system); with ``data="reload"`` an actor loads the data itself from
+      the datamodule's config (``root`` on its node), and only the partition travels, as client
+      index arrays.
     * Per round, a state_dict (or payload tensor) shared by several clients is put into Ray's
       object store once (FedAvg's global model: once per round, not once per client).
     * Each round the tasks are split into one chunk per actor, of about equal sample count
@@ -108,6 +114,7 @@ class RayExecutor(Executor):
             ``"ray://host:port"`` (Ray Client). A host and port must answer within
             ``connect_timeout_s`` before training starts (:meth:`check`).
         connect_timeout_s: seconds to wait for the cluster's port (> 0; default 10).
+        data: ``"object_store"`` or ``"reload"`` (see above).
 
     Raises:
         ImportError: ``ray`` is not installed (one line saying how to install it).
@@ -115,8 +122,11 @@ class RayExecutor(Executor):
     """
 
     def __init__(self, num_workers: int = 2, num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0,
-                 address: str | None = None, connect_timeout_s: float = 10.0):
+                 address: str | None = None, connect_timeout_s: float = 10.0, data: str = "object_store"):
         _ray()
+        if data not in ("object_store", "reload"):
+            raise ValueError(f"trainer.executor.data: must be one of ['object_store', 'reload'], got {data!r}")
+        self.data = data
         if num_workers < 1:
             raise ValueError(f"trainer.executor.num_workers: must be >= 1, got {num_workers}")
         if not num_cpus_per_worker > 0:
@@ -166,7 +176,8 @@ class RayExecutor(Executor):
             for sig, handler in handlers.items():  # Ray installs its own; the trainer's checkpoint-on-signal stays
                 signal.signal(sig, handler)
             self._started_ray = True
-        self._init_args = (ray.put(pickle.dumps(runner.modules)), ray.put(datamodule_recipe(runner.datamodule)),
+        shipped = runner.datamodule if self.data == "object_store" else datamodule_recipe(runner.datamodule)
+        self._init_args = (ray.put(pickle.dumps(runner.modules)), ray.put(shipped),
                            runner.trainer_kwargs, runner.seed, runner.callbacks,
                            max(1, int(self.num_cpus_per_worker)))
         self._actors = [self._new_actor() for _ in range(self.num_workers)]
