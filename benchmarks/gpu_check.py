@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
 from lightning_modules.models import CNN, VGG16, LeNetCNN, ResNet20  # noqa: E402
-from speed import Synthetic, _flcore_round_driver, hand_round  # noqa: E402
+from speed import Synthetic, _flcore_round_driver, hand_round, timed_rounds  # noqa: E402
 
 MODELS = {
     "LeNet CNN": lambda: LeNetCNN(3, 10, 32),
@@ -101,17 +101,10 @@ def section_shared(args, accelerator: str) -> list[dict]:
     for workers in args.workers:
         dm = Synthetic((3, 32, 32), args.samples, args.clients, batch_size=args.batch)
         dm.setup("fit")
-        run_round, close = _flcore_round_driver(
+        times = timed_rounds(*_flcore_round_driver(
             dm, MODELS["LeNet CNN"], args.per_round, args.epochs, True,
             executor=ProcessPoolExecutor(num_workers=workers, threads_per_worker=1),
-            local={"accelerator": accelerator, "precision": "bf16-mixed"})
-        run_round(0)  # warm-up: workers start, import, build their Trainers
-        times = []
-        for r in range(1, args.rounds + 1):
-            t0 = time.perf_counter()
-            run_round(r)
-            times.append(time.perf_counter() - t0)
-        close()
+            local={"accelerator": accelerator, "precision": "bf16-mixed"}), args.rounds)
         rate = args.per_round * args.samples * args.epochs / statistics.median(times)
         base = base or rate
         rows.append({"model": "LeNet CNN", "workers": workers, "samples_per_s": rate, "speedup_over_1": rate / base})

@@ -31,6 +31,7 @@ import inspect
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,8 @@ def child(spec: dict) -> dict:
     folder = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
     per_round = [h["round/wall_time_s"] for h in trainer.history]
     store = getattr(trainer, "client_store", None)
+    if not spec.get("keep_runs"):  # a run folder holds every visited client's state: gigabytes
+        shutil.rmtree(run, ignore_errors=True)
     return {**{k: v for k, v in spec.items() if k not in ("log_dir", "name")},
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "largest_ckpt_mb": max(ckpts) / 2**20, "run_folder_mb": folder / 2**20,
@@ -151,6 +154,7 @@ def main(argv=None) -> None:
                    help="digits: scikit-learn's 8x8 digits instead (a quick check that needs no data package)")
     p.add_argument("--budget-mb", default="default", help="trainer.client_state_mb ('default': the trainer's own)")
     p.add_argument("--no-issue-setting", action="store_true", help="skip the SCAFFOLD 2,000-client row")
+    p.add_argument("--keep-runs", action="store_true", help="keep each run folder (deleted once measured)")
     p.add_argument("--source", type=Path, default=ROOT, help="the flcore checkout to measure")
     p.add_argument("--log-dir", type=Path, default=Path("/tmp/flcore_scale_runs"))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "scale" / "scale.json")
@@ -169,13 +173,14 @@ def main(argv=None) -> None:
     for method in args.methods:
         for n in args.clients:
             spec = {"method": method, "clients": n, "rounds": args.rounds, "per_round": args.per_round,
-                    "per_client": args.per_client, "budget_mb": budget, "data": args.data, "log_dir": str(args.log_dir),
+                    "per_client": args.per_client, "budget_mb": budget, "data": args.data, "keep_runs": args.keep_runs, "log_dir": str(args.log_dir),
                     "name": f"{method}_{n}"}
             rows.append(run_one(spec, args.source))
             print("  " + "  ".join(f"{c}={rows[-1][c]}" if isinstance(rows[-1][c], (str, int)) else f"{c}={rows[-1][c]:.2f}"
                                    for c in COLUMNS), flush=True)
     if not args.no_issue_setting:
         spec = {"method": "scaffold", "clients": 2000, "rounds": 4, "per_round": 100, "iid": True, "budget_mb": budget,
+                "keep_runs": args.keep_runs,
                 "log_dir": str(args.log_dir), "name": "scaffold_2000_iid"}
         issue_rows.append(run_one(spec, args.source))
         print("  issue setting: " + "  ".join(f"{c}={issue_rows[-1][c]}" for c in COLUMNS), flush=True)

@@ -394,6 +394,19 @@ def _flcore_round_driver(dm, make, k, epochs, cl, executor=None, local=None):
     return run_round, trainer.executor.close
 
 
+def timed_rounds(run_round, close, repeats: int) -> list[float]:
+    """Seconds of rounds 1..``repeats`` of a round driver, after an untimed round 0 (workers
+    start, Lightning builds its loops); closes the driver."""
+    run_round(0)
+    times = []
+    for r in range(1, repeats + 1):
+        t0 = time.perf_counter()
+        run_round(r)
+        times.append(time.perf_counter() - t0)
+    close()
+    return times
+
+
 def section_round(args) -> list[dict]:
     rows = []
     for name, make_case in round_cases(args.round_cases).items():
@@ -449,14 +462,8 @@ def section_scaling(args) -> list[dict]:
     rows = []
     for name, (make_executor, n_threads) in makers.items():
         torch.set_num_threads(n_threads)
-        run_round, close = _flcore_round_driver(dm, lambda: LeNetCNN(1, 10, 28), 10, 5, False, make_executor())
-        run_round(0)  # worker start-up
-        times = []
-        for r in range(1, args.round_repeats + 1):
-            t0 = time.perf_counter()
-            run_round(r)
-            times.append(time.perf_counter() - t0)
-        close()
+        times = timed_rounds(*_flcore_round_driver(dm, lambda: LeNetCNN(1, 10, 28), 10, 5, False, make_executor()),
+                             args.round_repeats)
         rows.append({"executor": name, "rounds": len(times), "median_s_per_round": statistics.median(times),
                      "rounds_per_s": 1 / statistics.median(times), "total_s": sum(times)})
         _print_row(rows[-1], ["executor", "rounds", "median_s_per_round", "rounds_per_s", "total_s"])
