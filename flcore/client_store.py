@@ -34,7 +34,7 @@ import torch
 
 from flcore.diagnostics import payload_bytes
 
-__all__ = ["ClientStateStore", "KINDS", "checkpoint_client_states", "checkpoint_manifest"]
+__all__ = ["ClientStateStore", "KINDS", "checkpoint_client_states", "checkpoint_manifest", "open_store"]
 
 #: The kinds of client-resident state: the local objective's, and local BatchNorm entries.
 KINDS = ("module", "bn")
@@ -302,6 +302,31 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_store(run_dir: str | os.PathLike, budget_mb: float | None, ckpt: dict[str, Any] | None,
+               start: int) -> ClientStateStore:
+    """A run's store (``<run_dir>/client_state``) as a checkpoint left it: the files its manifest
+    names, or the inline states of a checkpoint written before the store (taken as version
+    ``start``, the checkpoint's round); empty for a new run (``ckpt=None``).
+
+    Raises:
+        ConfigError: a store file the checkpoint names is missing.
+    """
+    from flcore.errors import ConfigError
+    from flcore.lifecycle import client_states
+
+    store = ClientStateStore(Path(run_dir) / "client_state", budget_mb)
+    if ckpt is None:
+        return store
+    if "client_store" in ckpt:
+        try:
+            store.restore(ckpt["client_store"])
+        except FileNotFoundError as err:
+            raise ConfigError(f"ckpt_path: {err}") from None
+    else:
+        store.load(client_states(ckpt), start)
+    return store
 
 
 def checkpoint_manifest(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from flcore.batchnorm import bn_entries
 from flcore.checks import check_architectures, check_run
-from flcore.client_store import ClientStateStore, checkpoint_manifest
+from flcore.client_store import ClientStateStore, checkpoint_manifest, open_store
 from flcore.checkpoint import load_checkpoint, load_resume_checkpoint, resolve_ckpt_path, save_checkpoint
 from flcore.errors import ClientFailureError, ConfigError, DivergedError, RunInterrupted
 from flcore.executors import Executor, SequentialExecutor
+from flcore.dispatched import ParkedModels
 from flcore.diagnostics import client_drift, middleware_stats, nonfinite_entries, payload_bytes
 from flcore.evaluation import client_accuracy_stats, evaluate_clients, evaluate_global, global_models
 from flcore.functional import state_bytes
@@ -184,7 +184,7 @@ class FederatedTrainer:
         self.bn_policy = bn_policy
         self.client_state_mb = client_state_mb
         self.client_store: ClientStateStore | None = None  # set by fit
-        self._parked: dict[int, tuple[dict, Path]] = {}  # slot -> (dispatched model, its copy on disk), this round
+        self._parked: ParkedModels | None = None  # set by fit: this round's dispatched models lent to results
         self._bn_keys: dict[str | None, list[str]] = {}  # per architecture, for bn_policy != average
         self.client_eval_every, self.client_test_size = client_eval_every, client_test_size
         self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
@@ -257,7 +257,8 @@ class FederatedTrainer:
         tb_kwargs = {"purge_step": start + 1} if start else {}
         logger = TensorBoardLogger(self.log_dir, name=self.name, version=version, default_hp_metric=False, **tb_kwargs)
         self.run_dir = Path(logger.log_dir)
-        store = self.client_store = self._open_store(ckpt, start)
+        store = self.client_store = open_store(self.run_dir, self.client_state_mb, ckpt, start)
+        self._parked = ParkedModels(self.run_dir / ".dispatched")
         if start == 0:
             logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule))
         write_config(self.run_dir, self.run_config)
@@ -307,7 +308,7 @@ class FederatedTrainer:
             except (RunInterrupted, ClientFailureError) as err:
                 logger.finalize("interrupted")
                 store.discard()  # the interrupted round's states: the checkpoint is the last completed round's
-                self._unpark()
+                self._parked.restore()
                 path = self._save(completed, state, datamodule, logger.version)
                 self._write_results(seed, "interrupted" if isinstance(err, RunInterrupted) else "failed")
                 msg = f"{err}; last good state (round {completed}) saved to {path}"
@@ -350,7 +351,7 @@ class FederatedTrainer:
             acc = self.strategy.accumulator(rnd, state, [1.0 if self.sampler.equal_weights else float(sizes[t.cid])
                                                          for t in tasks])
         taken: dict[int, float] = {}  # id(result) -> its upload bytes
-        reuse = self._reusable_dispatch(tasks, stats_due)
+        reuse = ParkedModels.reusable(self.strategy, tasks, isinstance(self.executor, SequentialExecutor), stats_due)
 
         def take(r: ClientResult) -> None:
             """Each successful result once, as soon as it is done: its client state and BN entries
@@ -363,12 +364,8 @@ class FederatedTrainer:
                 r.client_state = None
             if self.bn_policy != "average":  # cloned: aggregation may reuse the results' tensors
                 store.stage("bn", r.cid, {k: r.state[k].clone() for k in self._bn_keys.get(self._arch_of(r.cid), [])})
-            target = reuse.get(r.slot)
-            if target is not None:  # the slot's old model to disk, the result into its memory
-                self._park(r.slot, target)
-                for k, v in r.state.items():
-                    target[k].copy_(v)
-                r.state = target
+            if r.slot in reuse:  # the slot's old model to disk, the result into its memory
+                self._parked.lend(r, reuse[r.slot])
             if acc is not None:
                 acc.add(r)
 
@@ -420,37 +417,8 @@ class FederatedTrainer:
                 raise DivergedError(f"round {rnd + 1}: the global model diverged (test loss "
                                     f"{metrics['global/test_loss']}); lower the learning rate or check the data")
         store.commit()
-        for _, path in self._parked.values():  # the round completed: its old models are not needed any more
-            path.unlink(missing_ok=True)
-        self._parked.clear()
+        self._parked.release()  # the round completed: its old models are not needed any more
         return state, metrics
-
-    def _reusable_dispatch(self, tasks: list[ClientTask], stats_due: bool) -> dict[int, dict]:
-        """``{slot: dispatched state}`` whose memory a result may take (see
-        :attr:`Strategy.reads_dispatched_state`): in this process only, not on model-statistics
-        rounds (they compare each result with what was sent), and only for dispatched states no
-        other task shares (a shared initial model is left alone)."""
-        if (self.strategy.reads_dispatched_state or stats_due or self.run_dir is None
-                or not isinstance(self.executor, SequentialExecutor)):
-            return {}
-        tensors = [id(v) for t in tasks for v in t.state.values()]
-        if len({id(t.state) for t in tasks}) < len(tasks) or len(set(tensors)) < len(tensors):
-            return {}
-        return {t.slot: t.state for t in tasks}
-
-    def _park(self, slot: int, model: dict) -> None:
-        """Keep slot ``slot``'s dispatched model on disk until the round completes."""
-        folder = self.run_dir / ".dispatched"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"slot_{slot}.pt"
-        torch.save(model, path)
-        self._parked[slot] = (model, path)
-
-    def _unpark(self) -> None:
-        """Put the parked models back (the round did not complete: its state is checkpointed)."""
-        for model, path in self._parked.values():
-            model.update(torch.load(path, map_location="cpu", weights_only=True))
-        self._parked.clear()
 
     def _arch_of(self, cid: int) -> str | None:
         return self._client_arch[cid] if self._modules is not None else None
@@ -492,25 +460,6 @@ class FederatedTrainer:
         return result
 
     # ------------------------------------------------------------------ helpers
-    def _open_store(self, ckpt: dict[str, Any] | None, start: int) -> ClientStateStore:
-        """The run's client-state store (``<run folder>/client_state``), as the checkpoint left it:
-        its manifest, or the inline states of a checkpoint written before the store.
-
-        Raises:
-            ConfigError: a store file the checkpoint names is missing.
-        """
-        store = ClientStateStore(self.run_dir / "client_state", self.client_state_mb)
-        if ckpt is None:
-            return store
-        if "client_store" in ckpt:
-            try:
-                store.restore(ckpt["client_store"])
-            except FileNotFoundError as err:
-                raise ConfigError(f"ckpt_path: {err}") from None
-        else:
-            store.load(client_states(ckpt), start)
-        return store
-
     def _save(self, completed_rounds, state, datamodule, version) -> Path:
         assert self.run_dir is not None and self.client_store is not None
         payload = {

@@ -214,3 +214,13 @@ def test_sigkill_with_the_store_then_resume_is_bit_identical(tmp_path, reference
     assert_same_tree(ref_ck["strategy_state"], ck["strategy_state"])
     assert_same_tree(ref_states, states)
     assert _tensorboard_steps(tmp_path, "global/test_acc") == [1, 2, 3, 4]
+
+
+def test_resume_with_a_missing_state_file_is_one_line(tmp_path):
+    trainer, ckpt = _scaffold(tmp_path, "gone", 0, rounds=2)
+    cid, version = next(iter(ckpt["client_store"]["entries"]["module"].items()))  # a file the last checkpoint names
+    (trainer.run_dir / "client_state" / f"module_{cid}_v{version}.pt").unlink()
+    again = FederatedTrainer(strategy=Scaffold(), rounds=3, clients_per_round=3, local={"max_epochs": 1},
+                             log_dir=str(tmp_path), name="gone", client_state_mb=0)
+    with pytest.raises(ConfigError, match=r"ckpt_path: client state .*module_\d+_v\d+\.pt named by the checkpoint is missing"):
+        again.fit(_module(), datamodule=Digits(num_clients=5, batch_size=50, seed=0), ckpt_path="last")
