@@ -351,7 +351,8 @@ class FederatedTrainer:
             acc = self.strategy.accumulator(rnd, state, [1.0 if self.sampler.equal_weights else float(sizes[t.cid])
                                                          for t in tasks])
         taken: dict[int, float] = {}  # id(result) -> its upload bytes
-        reuse = ParkedModels.reusable(self.strategy, tasks, isinstance(self.executor, SequentialExecutor), stats_due)
+        in_process = isinstance(self.executor, SequentialExecutor) and self._parked is not None  # (None: no fit)
+        reuse = ParkedModels.reusable(self.strategy, tasks, in_process, stats_due)
 
         def take(r: ClientResult) -> None:
             """Each successful result once, as soon as it is done: its client state and BN entries
@@ -417,7 +418,8 @@ class FederatedTrainer:
                 raise DivergedError(f"round {rnd + 1}: the global model diverged (test loss "
                                     f"{metrics['global/test_loss']}); lower the learning rate or check the data")
         store.commit()
-        self._parked.release()  # the round completed: its old models are not needed any more
+        if reuse:
+            self._parked.release()  # the round completed: its old models are not needed any more
         return state, metrics
 
     def _arch_of(self, cid: int) -> str | None:
