@@ -96,9 +96,6 @@ class ClientStateStore:
         self._hold(slot, value)
         return value
 
-    def __contains__(self, key: Key) -> bool:
-        return key in self._version
-
     def cids(self, kind: str) -> list[int]:
         """The clients with a committed entry of ``kind``, ascending."""
         return sorted(c for k, c in self._version if k == kind)

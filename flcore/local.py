@@ -293,8 +293,8 @@ class LocalRunner:
     Attributes:
         client_state_source: ``cid -> client state`` for a task whose ``client_state`` is
             ``None``, asked just before that client trains (so a round never holds every
-            participant's state at once); ``None``: the task's own. Set by the trainer when its
-            runner trains in the main process.
+            participant's state at once); ``None``: the task's own. Set by the trainer for one
+            round when its runner trains in this process.
         result_sink: called with each successful :class:`ClientResult` as soon as its client is
             done (before the next client trains); it may take the result's tensors (``state``,
             ``payload``, ``client_state``) and leave them empty. ``None``: results are returned

@@ -270,8 +270,7 @@ class FederatedTrainer:
         self._t0 = t0
         completed = start
         last_save = t0
-        with stop_on_signals(), RoundProgress(self.rounds, start) as progress, _closing(self.executor), \
-                _streaming(runner, store, self.executor):
+        with stop_on_signals(), RoundProgress(self.rounds, start) as progress, _closing(self.executor):
             try:
                 for rnd in range(start, self.rounds):
                     check_stop()  # a signal during the previous round's records or checkpoint stops here
@@ -336,8 +335,11 @@ class FederatedTrainer:
         rng = round_rng(seed, rnd, STREAM_STRATEGY)
         tasks: list[ClientTask] = self.strategy.configure_fit(rnd, clients, state, rng)
         store.begin(rnd + 1)
-        if runner.client_state_source is None and any(m.keeps_client_state for m in runner.modules.values()):
-            for task in tasks:  # (in this process, the runner asks the store just before each client trains)
+        # in this process the runner asks the store just before each client trains, and hands each
+        # result over as soon as it is done (a round holds about one participant's state and upload)
+        in_process = isinstance(self.executor, SequentialExecutor)
+        if not in_process and any(m.keeps_client_state for m in runner.modules.values()):
+            for task in tasks:
                 task.client_state = store.get("module", task.cid)
         if self.bn_policy != "average":
             for task in tasks:  # the client trains with its own BN entries (a new dict: the server's stays)
@@ -351,8 +353,8 @@ class FederatedTrainer:
             acc = self.strategy.accumulator(rnd, state, [1.0 if self.sampler.equal_weights else float(sizes[t.cid])
                                                          for t in tasks])
         taken: dict[int, float] = {}  # id(result) -> its upload bytes
-        in_process = isinstance(self.executor, SequentialExecutor) and self._parked is not None  # (None: no fit)
-        reuse = ParkedModels.reusable(self.strategy, tasks, in_process, stats_due)
+        reuse = ParkedModels.reusable(self.strategy, tasks, in_process and self._parked is not None,  # (None: no fit)
+                                      stats_due)
 
         def take(r: ClientResult) -> None:
             """Each successful result once, as soon as it is done: its client state and BN entries
@@ -370,12 +372,12 @@ class FederatedTrainer:
             if acc is not None:
                 acc.add(r)
 
-        if isinstance(self.executor, SequentialExecutor):
-            runner.result_sink = take
+        if in_process:
+            runner.client_state_source, runner.result_sink = (lambda cid: store.get("module", cid)), take
         try:
             outcomes = self.executor.run(rnd, tasks, runner)
         finally:
-            runner.result_sink = None
+            runner.client_state_source = runner.result_sink = None
         results: list[ClientResult] = [o for o in outcomes if isinstance(o, ClientResult)]
         failures = [o for o in outcomes if isinstance(o, ClientFailure)]
         if failures:
@@ -489,21 +491,6 @@ class FederatedTrainer:
 
     def _wall_total(self) -> float:
         return getattr(self, "_wall_before", 0.0) + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
-
-@contextmanager
-def _streaming(runner: LocalRunner, store: ClientStateStore, executor: Executor):
-    """When clients train in this process, hand each its client state from ``store`` just
-    before it trains (with :meth:`FederatedTrainer._round`'s result sink, a round then holds
-    about one participant's state at a time instead of all of them)."""
-    if not isinstance(executor, SequentialExecutor):
-        yield
-        return
-    runner.client_state_source = lambda cid: store.get("module", cid)
-    try:
-        yield
-    finally:
-        runner.client_state_source = None
-
 
 @contextmanager
 def _closing(executor: Executor):

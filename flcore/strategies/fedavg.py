@@ -88,10 +88,10 @@ class WeightedMean(RoundAccumulator):
         self.done = done
 
     def add(self, result: ClientResult) -> None:
-        weight = result.weight
-        self.seen += weight
+        self.seen += result.weight
+        share = result.weight / self.expected
         for key, tensor in result.state.items():
-            self.mixes.setdefault(key, RunningMix()).add(tensor, weight / self.expected)
+            self.mixes.setdefault(key, RunningMix()).add(tensor, share)
         result.state = {}
 
     def finish(self, rnd, results, state, rng):

@@ -92,8 +92,9 @@ class ScaffoldSums(RoundAccumulator):
 
     def add(self, result: ClientResult) -> None:
         self.count += 1
+        share = 1.0 / self.expected
         for key, tensor in result.state.items():
-            self.models.setdefault(key, RunningMix()).add(tensor, 1.0 / self.expected)
+            self.models.setdefault(key, RunningMix()).add(tensor, share)
         for key, tensor in result.payload.get("delta_c", {}).items():
             self.deltas.setdefault(key, RunningMix()).add(tensor, 1.0)
         result.state, result.payload = {}, {}
