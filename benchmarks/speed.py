@@ -1,6 +1,6 @@
 """Speed benchmark: flcore against the physical limits of this machine.
 
-Seven sections (``--sections``), each printed as a table and written to ``--out`` (JSON):
+Eight sections (``--sections``), each printed as a table and written to ``--out`` (JSON):
 
 1. ``local``: the same client work run (a) by flcore's ``SequentialExecutor`` through the reusable
    Lightning Trainer and (b) by a hand-written PyTorch loop on the same tensors (same model,
@@ -35,6 +35,10 @@ Seven sections (``--sections``), each printed as a table and written to ``--out`
    seconds of 20 SGD steps at B = 50 (forward, cross-entropy, backward, step), alternating.
    Speed-up = contiguous time / channels-last time; the configs turn channels-last on where it
    is >= 1.05 on this CPU.
+8. ``general``: the same FedAvg rounds (the ``round`` cases) with the net in a user's ordinary
+   LightningModule (the general path: one plain ``Trainer.fit`` per client, automatic
+   optimization) against ``ClientModule`` (the fast path); ratio = general / fast seconds per
+   round. Run it alone: ``--sections general --out benchmarks/results/general_path.json``.
 
 Scaled-down by default to fit a few minutes on 2 CPU cores (stated in the output); ``--full``
 uses the issue's sizes (local: 10 clients x 500 samples x 5 epochs; rounds: 5 local epochs).
@@ -64,6 +68,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import lightning as L  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -366,11 +371,12 @@ def hand_round(net, dm, clients, state, epochs, channels_last, **device_options)
     return weighted_average(states, [float(len(dm.client_indices[c])) for c in clients])
 
 
-def _flcore_round_driver(dm, make, k, epochs, cl, executor=None, local=None):
+def _flcore_round_driver(dm, make, k, epochs, cl, executor=None, local=None, general=False):
     """flcore's own trainer round (``FederatedTrainer._round``: sampling, configure_fit, the
     executor, failure policy, aggregation, round metrics; evaluation excluded), set up as ``fit``
-    sets it up; ``local`` adds local Trainer options (e.g. ``accelerator``, ``precision``).
-    Returns (run_round(r) -> clients, close)."""
+    sets it up; ``local`` adds local Trainer options (e.g. ``accelerator``, ``precision``);
+    ``general``: the net in a plain LightningModule (:class:`PlainClassifier`, the general path)
+    instead of ``ClientModule`` (the fast path). Returns (run_round(r) -> clients, close)."""
     from flcore.client_store import ClientStateStore
     from flcore.seeding import STREAM_SAMPLER, round_rng
     from flcore.strategies import FedAvg
@@ -380,11 +386,10 @@ def _flcore_round_driver(dm, make, k, epochs, cl, executor=None, local=None):
     trainer = FederatedTrainer(strategy=FedAvg(), clients_per_round=k, eval_every=10**9, rounds=10**6,
                                local={"max_epochs": epochs, "accelerator": "cpu", **(local or {})},
                                executor=executor or SequentialExecutor())
-    module = ClientModule(net, optimizer=_sgd, channels_last=cl)
-    trainer._check(module, dm)
+    module = trainer._check(PlainClassifier(net) if general else ClientModule(net, optimizer=_sgd, channels_last=cl), dm)
     runner = LocalRunner(module, dm, trainer.local, seed=0)
     trainer.sampler.setup(dm.client_sizes)
-    box = {"state": trainer.strategy.initialize({k_: v.clone() for k_, v in net.state_dict().items()}, k)}
+    box = {"state": trainer.strategy.initialize({k_: v.clone() for k_, v in module.net.state_dict().items()}, k)}
     store = ClientStateStore(tempfile.mkdtemp(prefix="flcore_speed_"))  # FedAvg keeps no client state
 
     def run_round(r):
@@ -392,6 +397,55 @@ def _flcore_round_driver(dm, make, k, epochs, cl, executor=None, local=None):
         return trainer.sampler.sample(r, dm.num_clients, k, round_rng(0, r, STREAM_SAMPLER))
 
     return run_round, trainer.executor.close
+
+
+class PlainClassifier(L.LightningModule):
+    """The net as a user writes an ordinary LightningModule: automatic optimization,
+    cross-entropy in ``training_step`` logged with ``self.log``, the same SGD as ``_sgd``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.log("loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def configure_optimizers(self):
+        return _sgd(self.parameters())
+
+
+def section_general(args) -> list[dict]:
+    """The general path (a user's plain LightningModule, one ``Trainer.fit`` per client under
+    automatic optimization) against the fast path (``ClientModule``) on the same FedAvg round,
+    alternating which goes first, median over rounds."""
+    rows = []
+    for name, make_case in round_cases(args.round_cases).items():
+        dm, make, k, epochs, cl = make_case()
+        dm.setup("fit")
+        drivers = {path: _flcore_round_driver(dm, make, k, epochs, cl and path == "fast", general=path == "general")
+                   for path in ("fast", "general")}
+        times = {"fast": [], "general": []}
+        for run_round, _ in drivers.values():
+            run_round(0)  # warm-up
+        for r in range(1, args.round_repeats + 1):
+            for path in (("fast", "general") if r % 2 else ("general", "fast")):
+                t0 = time.perf_counter()
+                drivers[path][0](r)
+                times[path].append(time.perf_counter() - t0)
+        for _, close in drivers.values():
+            close()
+        fast, general = statistics.median(times["fast"]), statistics.median(times["general"])
+        rows.append({"case": name, "rounds": len(times["fast"]), "fast_s_per_round": fast,
+                     "general_s_per_round": general, "general_over_fast": general / fast,
+                     "torch_threads": torch.get_num_threads()})
+        _print_row(rows[-1], ["case", "fast_s_per_round", "general_s_per_round", "general_over_fast"])
+    return rows
 
 
 def timed_rounds(run_round, close, repeats: int) -> list[float]:
@@ -527,7 +581,7 @@ def _print_row(row: dict, keys: list[str]) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sections = ["local", "server", "memory", "rounds", "round", "scaling", "layout"]
+    sections = ["local", "server", "memory", "rounds", "round", "scaling", "layout", "general"]
     p.add_argument("--sections", nargs="+", default=sections, choices=sections)
     p.add_argument("--round-cases", nargs="+", default=list(ROUND_TARGETS), choices=list(ROUND_TARGETS))
     p.add_argument("--round-repeats", type=int, default=8, help="rounds per case in the round and scaling sections")

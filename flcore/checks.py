@@ -24,7 +24,9 @@ from flcore.compat import precision_choices
 from flcore.errors import ConfigError, first_line
 from flcore.local import DEFAULT_LOCAL, quiet_lightning
 from flcore.strategies.base import HeterogeneousStrategy, Strategy
+from flcore.strategies.fedprox import FedProx
 from lightning_modules.client import ClientModule
+from lightning_modules.plain import PlainClient
 
 if TYPE_CHECKING:
     from flcore.trainer import FederatedTrainer
@@ -58,11 +60,30 @@ def check_pairing(strategy: Strategy, model: L.LightningModule) -> None:
     ``model.server_strategies`` (e.g. ``ScaffoldModule`` needs ``Scaffold`` or
     ``HeteroScaffold``) are both checked, by ``isinstance``, so subclasses count.
 
+    A user's own LightningModule (:class:`PlainClient`) pairs with every strategy whose
+    :meth:`Strategy.client_terms` are defined; they are set on the module here.
+
     Raises:
         ConfigError: ``trainer.strategy: ... needs model.class_path ...`` or
-            ``model.class_path: ... needs trainer.strategy.class_path ...``.
+            ``model.class_path: ... needs trainer.strategy.class_path ...``, or a strategy whose
+            objective cannot wrap a user's module.
     """
+    if isinstance(model, PlainClient):
+        try:
+            terms = strategy.client_terms()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if terms is None:
+            raise ConfigError(f"trainer.strategy: {dotted_name(strategy)} needs its own client objective "
+                              f"(model.class_path {strategy.client_objective}); a user's own LightningModule runs with "
+                              f"strategies whose client objective is the module's loss (FedAvg, FedProx, FedCross, FedMR, "
+                              f"CluSamp, the robust rules, ...)")
+        model.terms = terms
+        return
     need = strategy.client_objective
+    if isinstance(strategy, FedProx) and strategy.mu is not None:
+        raise ConfigError(f"trainer.strategy.init_args.mu: set the proximal weight once, in model.init_args.mu of "
+                          f"{dotted_name(model)}; the strategy's mu is for a user's own LightningModule")
     if need is not None and not isinstance(model, _resolve(need)):
         raise ConfigError(f"trainer.strategy: {dotted_name(strategy)} needs model.class_path {need} (or a subclass), "
                           f"got model.class_path {dotted_name(model)}")
@@ -339,21 +360,28 @@ def check_net(model: L.LightningModule, datamodule) -> None:
     if datamodule.batch_size == 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ConfigError(f"data.batch_size: 1 cannot train the BatchNorm layers of model.net ({type(model.net).__name__}); "
                           f"use a batch size >= 2")
+    field = "model" if isinstance(model, PlainClient) else "model.net"
     x = datamodule.x_test[:2]
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             out = model(x)
-    except RuntimeError as err:
+    except (RuntimeError, NotImplementedError) as err:
+        hint = ("forward must map the data's input batch to (B, classes) scores" if field == "model"
+                else "set in_channels / image_size to match data")
         raise ConfigError(
-            f"model.net: cannot take the data's inputs of shape {tuple(x.shape[1:])} "
-            f"(set in_channels / image_size to match data): {str(err).splitlines()[0][:100]}"
+            f"{field}: cannot take the data's inputs of shape {tuple(x.shape[1:])} "
+            f"({hint}): {first_line(err)[:100]}"
         ) from None
     finally:
         model.train(was_training)
-    if out.dim() != 2 or out.shape[1] != datamodule.num_classes:
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != datamodule.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if field == "model":
+            raise ConfigError(f"model: forward must return (B, {datamodule.num_classes}) class scores for the data's "
+                              f"{datamodule.num_classes} classes, got {shape}")
         raise ConfigError(
             f"model.net.num_classes: must equal the data's {datamodule.num_classes} classes, "
-            f"net outputs shape {tuple(out.shape)}"
+            f"net outputs shape {shape}"
         )

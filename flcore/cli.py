@@ -3,7 +3,8 @@
 (:mod:`flcore.report`) over many runs.
 
 The config has three sections: ``trainer`` (:class:`flcore.trainer.FederatedTrainer`), ``model``
-(a ``lightning_modules`` LightningModule with ``net`` and ``optimizer``) and ``data`` (a
+(a ``lightning_modules`` LightningModule with ``net`` and ``optimizer``, or any user's own
+LightningModule: :class:`lightning_modules.plain.PlainClient`) and ``data`` (a
 ``datamodules.FederatedDataModule``), plus ``seed_everything``. Bad input ends with one line
 ``flcore: error: <field>: <what is allowed>`` and exit status 2, before any training.
 """
@@ -15,13 +16,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from datamodules.base import FederatedDataModule
 from flcore.errors import ClientFailureError, ConfigError, RunInterrupted
 from flcore.trainer import FederatedTrainer
-from lightning_modules.client import ClientModule
 
 __all__ = ["FlcoreCLI", "main"]
 
@@ -31,7 +32,7 @@ class FlcoreCLI(LightningCLI):
 
     def __init__(self, args=None, **kwargs):
         super().__init__(
-            model_class=ClientModule,
+            model_class=L.LightningModule,
             datamodule_class=FederatedDataModule,
             trainer_class=FederatedTrainer,
             subclass_mode_model=True,
@@ -183,6 +184,17 @@ flcore SUBCOMMAND --help shows a subcommand's options (fit --print_config prints
 """
 
 
+def _import_user_code(argv: list[str]) -> None:
+    """Let class paths name the user's own modules (``model.class_path: my_module.MyModule``) as
+    ``python -m`` would: the current directory and each ``--config`` file's folder go on
+    ``sys.path`` (after the entries already there)."""
+    folders = [Path.cwd()] + [Path(argv[i + 1]).resolve().parent for i, a in enumerate(argv[:-1]) if a == "--config"]
+    folders += [Path(a.split("=", 1)[1]).resolve().parent for a in argv if a.startswith("--config=")]
+    for folder in dict.fromkeys(str(f) for f in folders):
+        if folder not in sys.path:
+            sys.path.append(folder)
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``flcore`` console script. Returns 0, or exits 2 on bad input."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -203,6 +215,7 @@ def main(args: list[str] | None = None) -> int:
         return 0
     try:
         check_config_files(argv)
+        _import_user_code(argv)
         FlcoreCLI(args=args)
     except ConfigError as err:
         print(f"flcore: error: {err}", file=sys.stderr)

@@ -34,6 +34,7 @@ from flcore.interrupts import check as check_stop
 from flcore.seeding import STREAM_CLIENT, derive_seed
 from flcore.messages import ClientFailure, ClientResult, ClientTask
 from lightning_modules.client import ClientModule, EarlierEpoch
+from lightning_modules.plain import PlainClient
 
 __all__ = ["LocalRunner", "LocalEpochs", "DEFAULT_LOCAL", "quiet_lightning"]
 
@@ -311,6 +312,7 @@ class LocalRunner:
         cheap_cuda_probe()
         self.trainer_kwargs, self.callbacks = dict(trainer_kwargs or {}), list(callbacks or [])
         kwargs = {**DEFAULT_LOCAL, **(trainer_kwargs or {})}
+        self._plain_kwargs = dict(kwargs)
         # Client modules optimize manually (one Lightning step = one local epoch), so Lightning
         # refuses these two; the module applies them itself (ClientModule.set_local_options).
         local_options = {key: kwargs.pop(key) for key in _MODULE_OPTIONS if key in kwargs}
@@ -324,6 +326,12 @@ class LocalRunner:
             m.set_local_options(**local_options)
         self.datamodule = datamodule
         self.seed = int(seed)
+
+    def plain_trainer_kwargs(self) -> dict[str, Any]:
+        """The per-client ``lightning.Trainer`` arguments of the general path (a user's own
+        LightningModule under automatic optimization): ``trainer.local`` over
+        :data:`DEFAULT_LOCAL`, gradient accumulation and clipping included."""
+        return dict(self._plain_kwargs)
 
     def fit(self, task: ClientTask, rnd: int) -> ClientResult | ClientFailure:
         """Local update of client ``task.cid``: :meth:`fit_many` of one task."""
@@ -348,6 +356,9 @@ class LocalRunner:
         """One fit over ``tasks`` (one architecture). On an exception, returns the outcomes up
         to and including the failed client; the caller fits the rest again."""
         module = self.modules[tasks[0].arch]
+        if isinstance(module, PlainClient):  # a user's own LightningModule: one plain fit per client
+            from flcore.plain_local import fit_plain  # (it builds on this module)
+            return fit_plain(self, module, tasks, rnd)
         per_epoch = _hooks_per_client(self.trainer, module)
         schedule = _ClientSchedule(self, tasks, rnd, per_epoch)
         rewind_fit_loop(self.trainer, len(tasks) if per_epoch else 1)

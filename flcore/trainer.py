@@ -38,6 +38,8 @@ from flcore.strategies.base import Strategy
 from flcore.strategies.fedavg import FedAvg
 from flcore.strategies.multimodel import MultiModelStrategy
 from flcore.metric_names import GLOBAL, TEST_ACC, TEST_LOSS
+from lightning_modules.client import ClientModule
+from lightning_modules.plain import as_client
 
 __all__ = ["FederatedTrainer"]
 
@@ -193,9 +195,13 @@ class FederatedTrainer:
         self.run_id: str | None = None  # set by fit: new per run, kept across resumes
 
     # ------------------------------------------------------------------ checks
-    def _check(self, model: L.LightningModule, datamodule) -> None:
-        """Every check that can fail before training (:func:`flcore.checks.check_run`)."""
+    def _check(self, model: L.LightningModule, datamodule) -> ClientModule:
+        """Every check that can fail before training (:func:`flcore.checks.check_run`); returns
+        the client module (a user's own LightningModule wrapped: :func:`as_client`)."""
+        model = as_client(model)
         self._modules, self._client_arch = check_run(self, model, datamodule)
+        _classes_from_data(self._modules or {None: model}, datamodule)
+        return model
 
     # ------------------------------------------------------------------ fit
     def fit(self, model: L.LightningModule, datamodule=None, ckpt_path: str | None = None) -> dict[str, Any]:
@@ -215,7 +221,7 @@ class FederatedTrainer:
         """
         if datamodule is None:
             raise ConfigError("data: a FederatedDataModule is required")
-        self._check(model, datamodule)
+        model = self._check(model, datamodule)
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         start, state, version, ckpt = 0, None, None, None
         self.run_id = uuid.uuid4().hex[:12]
@@ -410,10 +416,9 @@ class FederatedTrainer:
             "round/failed_clients": float(len(failures)),
             **stats,
         }
-        for key in ("train_loss", "train_acc"):
+        for key in dict.fromkeys(k for r in results for k in r.metrics):  # e.g. train_loss, train_acc, a module's own
             vals = [r.metrics[key] for r in results if key in r.metrics]
-            if vals:
-                metrics[f"clients/{key}"] = sum(vals) / len(vals)
+            metrics[f"clients/{key}"] = sum(vals) / len(vals)
         if force_eval or (rnd + 1) % self.eval_every == 0 or rnd + 1 == self.rounds:
             metrics.update(evaluate_global(runner, self._global_models(state)))
             if not math.isfinite(metrics[TEST_LOSS]):
@@ -448,9 +453,11 @@ class FederatedTrainer:
         except (ValueError, FileNotFoundError) as err:
             raise ConfigError(str(err)) from None
         self._modules = None
+        model = as_client(model)
         if self.architectures is not None or self.client_architectures is not None:
             self._modules, self._client_arch = check_architectures(self, model, datamodule)
             self.strategy.bind(self._client_arch)
+        _classes_from_data(self._modules or {None: model}, datamodule)
         runner = LocalRunner(self._modules if self._modules is not None else model, datamodule, self.local, 0,
                              self.callbacks)
         try:
@@ -491,6 +498,15 @@ class FederatedTrainer:
 
     def _wall_total(self) -> float:
         return getattr(self, "_wall_before", 0.0) + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+
+
+def _classes_from_data(modules: dict, datamodule) -> None:
+    """Evaluate a net with no ``num_classes`` attribute over the data's classes (its ``(B, C)``
+    outputs are checked against them before training)."""
+    for module in modules.values():
+        if module.num_classes is None:
+            module.set_num_classes(datamodule.num_classes)
+
 
 @contextmanager
 def _closing(executor: Executor):

@@ -110,6 +110,19 @@ class ClientModule(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
 
     # ----- hooks the federated side uses -------------------------------------------------
+    def set_num_classes(self, num_classes: int) -> None:
+        """Evaluate over ``num_classes`` classes: set by the federated trainer from the data when
+        the net has no ``num_classes`` attribute (its ``(B, C)`` outputs were checked against
+        the data first).
+
+        Raises:
+            ValueError: ``num_classes < 1``.
+        """
+        if num_classes < 1:
+            raise ValueError(f"num_classes: must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.acc = MulticlassAccuracy(num_classes=self.num_classes, average="micro").to(self.device)
+
     def for_architecture(self, arch: str) -> ClientModule:
         """A copy of this objective whose net is family member ``arch`` (heterogeneous-model
         runs: one reusable module per architecture). ``net`` must have ``with_architecture``

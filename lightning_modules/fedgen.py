@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from torch import Tensor, nn
+from torch import nn
 
 from lightning_modules.client import ClientModule, default_optimizer
 from lightning_modules.models.generator import FeatureGenerator

@@ -30,11 +30,14 @@ def run_cli(tmp_path, capsys):
 
 
 def assert_same_tree(a, b, path=""):
-    """``a`` and ``b`` (nested dicts of tensors and plain values) are equal: the same keys, the
-    same dtypes and every tensor bit for bit."""
+    """``a`` and ``b`` (nested dicts and lists of tensors and plain values) are equal: the same
+    keys and lengths, the same dtypes and every tensor bit for bit."""
+    if isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        a, b = dict(enumerate(a)), dict(enumerate(b))
     assert a.keys() == b.keys(), path
     for k in a:
-        if isinstance(a[k], dict):
+        if isinstance(a[k], (dict, list)):
             assert_same_tree(a[k], b[k], f"{path}/{k}")
         elif isinstance(a[k], torch.Tensor):
             assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), f"{path}/{k}"

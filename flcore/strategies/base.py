@@ -70,6 +70,19 @@ class Strategy(ABC):
         Called before any training. The base accepts everything.
         """
 
+    def client_terms(self) -> list | None:
+        """The client objective's terms as Lightning callbacks, for a user's own LightningModule
+        (:class:`lightning_modules.plain.PlainClient`, whose local update is the module's own
+        loss): ``[]`` when the objective is that loss alone (every strategy with no
+        :attr:`client_objective`), ``None`` when it cannot be applied to an arbitrary module (a
+        strategy that reads uploads or client state only its own objective produces). Subclasses
+        that add a term to the loss return it (FedProx: :class:`lightning_modules.terms.ProximalTerm`).
+
+        Raises:
+            ValueError: a hyper-parameter the terms need is missing (naming the field).
+        """
+        return [] if self.client_objective is None else None
+
     def round_metrics(self, state: dict[str, Any]) -> dict[str, float]:
         """The strategy's own figures after a round's aggregation (e.g. DP-FedAvg's ``dp/epsilon``),
         logged with the round's metrics. The base reports none."""
