@@ -448,6 +448,17 @@ def section_general(args) -> list[dict]:
     return rows
 
 
+def general_table(rows: list[dict], commit: str) -> str:
+    """The ``general`` section as the README's markdown table."""
+    lines = [f"Seconds per FedAvg round (median, evaluation excluded; {rows[0]['torch_threads']} torch threads, "
+             f"commit {commit}):", "",
+             "| round | fast path (`ClientModule`) | general path (plain LightningModule) | general / fast |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['case']} | {r['fast_s_per_round']:.3f} | {r['general_s_per_round']:.3f} | {r['general_over_fast']:.2f}x |"
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def timed_rounds(run_round, close, repeats: int) -> list[float]:
     """Seconds of rounds 1..``repeats`` of a round driver, after an untimed round 0 (workers
     start, Lightning builds its loops); closes the driver."""
@@ -606,6 +617,11 @@ def main(argv=None) -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
+    if results.get("general"):
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        table = Path(args.out).with_suffix(".md")
+        table.write_text(general_table(results["general"], commit or "unknown"))
+        print(f"wrote {table}")
 
 
 if __name__ == "__main__":
