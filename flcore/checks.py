@@ -355,12 +355,17 @@ def check_net(model: L.LightningModule, datamodule) -> None:
     a net with BatchNorm needs mini-batches of at least 2.
 
     Raises:
-        ConfigError: ``model.net`` (input shape), ``model.net.num_classes`` or ``data.batch_size``.
+        ConfigError: ``model.net`` (input shape, a zero-size parameter), ``model.net.num_classes``
+            or ``data.batch_size`` (``model`` for a user's own LightningModule).
     """
     if datamodule.batch_size == 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         raise ConfigError(f"data.batch_size: 1 cannot train the BatchNorm layers of model.net ({type(model.net).__name__}); "
                           f"use a batch size >= 2")
     field = "model" if isinstance(model, PlainClient) else "model.net"
+    empty = next((name for name, p in model.net.named_parameters() if p.numel() == 0), None)
+    if empty is not None:
+        raise ConfigError(f"{field}: parameter {empty} has zero size (a width, channel or class count of 0); "
+                          f"every layer needs a size >= 1")
     x = datamodule.x_test[:2]
     was_training = model.training
     model.eval()

@@ -60,6 +60,12 @@ class FlcoreCLI(LightningCLI):
             "test": {"model", "datamodule"},
         }
 
+    def _set_seed(self) -> None:
+        seed = self._get(self.config, "seed_everything")
+        if seed is not None and not isinstance(seed, bool) and (not isinstance(seed, int) or not 0 <= seed <= 2**32 - 1):
+            raise ConfigError(f"seed_everything: must be an integer in [0, 4294967295] or true (a random seed), got {seed!r}")
+        super()._set_seed()
+
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads hyper-parameters from a Lightning checkpoint here; flcore checkpoints
         # are loaded (safely, weights_only) by FederatedTrainer itself.

@@ -129,6 +129,13 @@ INVALID = [
     ([D + "batch_size", "0"], "data.batch_size"),
     (["--data.class_path", "datamodules.CIFAR10", D + "root", "/nonexistent/flcore-data"], "data.root"),
     (["--data.class_path", "datamodules.MNIST", D + "root", "/nonexistent/flcore-data"], "data.root"),
+    # seeds and widths out of range
+    (["--seed_everything", "-1"], "seed_everything: must be an integer in [0, 4294967295]"),
+    (["--seed_everything", "4294967296"], "seed_everything: must be an integer in [0, 4294967295]"),
+    (["--model.net.hidden", "0"], "model.net.hidden: must be an integer >= 1, got 0"),
+    (["--model.net.hidden", "-3"], "model.net.hidden: must be an integer >= 1, got -3"),
+    (["--model.net.channels", "[16, 0]"], "model.net.channels: must be an integer >= 1"),
+    (["--model.net.num_classes", "0"], "model.net.num_classes: must be an integer >= 1"),
 ]
 
 

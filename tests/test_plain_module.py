@@ -148,6 +148,7 @@ def test_the_example_runs_from_yaml_with_fedavg_fedprox_fedcross_and_fedmr(run_c
     (FedProx(), DigitsMLP(), "trainer.strategy.init_args.mu: FedProx with a user's own LightningModule needs"),
     (FedAvg(), NoForward(), "model: cannot take the data's inputs of shape (1, 8, 8) (forward must map"),
     (FedAvg(), WrongOutput(), "model: forward must return (B, 10) class scores for the data's 10 classes, got (2, 5)"),
+    (FedAvg(), DigitsMLP(hidden=0), "model: parameter model.1.weight has zero size"),
     (FedProx(mu=0.1), FedProxModule(CNN(in_channels=1, num_classes=10, image_size=8)),
      "trainer.strategy.init_args.mu: set the proximal weight once, in model.init_args.mu"),
 ])

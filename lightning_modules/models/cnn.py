@@ -6,6 +6,7 @@ use it for CIFAR-10/100."""
 from __future__ import annotations
 
 from torch import Tensor, nn
+from lightning_modules.models.sizes import check_sizes
 
 __all__ = ["CNN"]
 
@@ -23,7 +24,7 @@ class CNN(nn.Module):
     Shapes: input ``(B, C, H, W)`` -> logits ``(B, num_classes)``.
 
     Raises:
-        ValueError: image_size not a positive multiple of 4.
+        ValueError: image_size not a positive multiple of 4; a size below 1 (:func:`check_sizes`).
     """
 
     def __init__(
@@ -35,6 +36,7 @@ class CNN(nn.Module):
         hidden: int = 512,
     ):
         super().__init__()
+        check_sizes(in_channels=in_channels, num_classes=num_classes, channels=channels, hidden=hidden)
         if image_size < 4 or image_size % 4:
             raise ValueError(f"model.net.image_size: must be a positive multiple of 4, got {image_size}")
         c1, c2 = channels

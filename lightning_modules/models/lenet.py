@@ -11,6 +11,7 @@ dropout; PyTorch's default initialisation. About 62 k parameters on 32x32x3 inpu
 from __future__ import annotations
 
 from torch import Tensor, nn
+from lightning_modules.models.sizes import check_sizes
 
 __all__ = ["LeNetCNN"]
 
@@ -31,7 +32,8 @@ class LeNetCNN(nn.Module):
     ``(B, hidden[-1])`` (the authors' "representation").
 
     Raises:
-        ValueError: image_size below 16 (the convolutions would leave nothing).
+        ValueError: image_size below 16 (the convolutions would leave nothing); a size below 1
+            (:func:`check_sizes`).
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class LeNetCNN(nn.Module):
         hidden: tuple[int, int] = (120, 84),
     ):
         super().__init__()
+        check_sizes(in_channels=in_channels, num_classes=num_classes, channels=channels, hidden=hidden)
         side = ((image_size - 4) // 2 - 4) // 2
         if image_size < 16 or side < 1:
             raise ValueError(f"model.net.image_size: must be >= 16 for two valid 5x5 convolutions, got {image_size}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from torch import Tensor, nn
+from lightning_modules.models.sizes import check_sizes
 
 __all__ = ["CharLSTM", "Sent140LSTM"]
 
@@ -12,6 +13,7 @@ class _LSTMClassifier(nn.Module):
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden: int, layers: int, num_classes: int, padding_idx=None):
         super().__init__()
+        check_sizes(vocab_size=vocab_size, embed_dim=embed_dim, hidden=hidden, layers=layers, num_classes=num_classes)
         self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
         self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True)
         self.fc = nn.Linear(hidden, num_classes)

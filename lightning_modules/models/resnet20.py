@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+from lightning_modules.models.sizes import check_sizes
 
 __all__ = ["ResNet20", "BasicBlock", "AuthorsResNet20", "PreActBottleneck"]
 
@@ -57,6 +58,7 @@ class ResNet20(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10):
         super().__init__()
+        check_sizes(in_channels=in_channels, num_classes=num_classes)
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         layers, in_planes = [], 16
@@ -131,6 +133,7 @@ class AuthorsResNet20(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10):
         super().__init__()
+        check_sizes(in_channels=in_channels, num_classes=num_classes)
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         in_planes, stages = 16, []
         for planes, stride in ((16, 1), (32, 2), (64, 2)):

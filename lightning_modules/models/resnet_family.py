@@ -16,6 +16,7 @@ from collections import OrderedDict
 from torch import Tensor, nn
 
 from lightning_modules.models.resnet20 import BasicBlock
+from lightning_modules.models.sizes import check_sizes
 
 __all__ = ["HeteroResNet", "WidthScaledResNet", "FAMILY_STAGES", "level_name"]
 
@@ -59,8 +60,7 @@ class HeteroResNet(nn.Module):
             raise ValueError(f"model.net.arch: must be one of {list(FAMILY_STAGES)}, got {arch!r}")
         if stem not in STEMS:
             raise ValueError(f"model.net.stem: must be one of {list(STEMS)}, got {stem!r}")
-        if width < 1:
-            raise ValueError(f"model.net.width: must be >= 1, got {width}")
+        check_sizes(in_channels=in_channels, num_classes=num_classes, width=width)
         self.arch, self.num_classes, self.feature_dim = arch, num_classes, 8 * width
         self._config = {"in_channels": in_channels, "num_classes": num_classes, "width": width, "stem": stem}
         if stem == "imagenet":

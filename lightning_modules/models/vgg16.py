@@ -6,6 +6,7 @@ after each block, then the CIFAR-style classifier 512 -> 512 -> 512 -> classes (
 from __future__ import annotations
 
 from torch import Tensor, nn
+from lightning_modules.models.sizes import check_sizes
 
 __all__ = ["VGG16"]
 
@@ -23,6 +24,7 @@ class VGG16(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, dropout: float = 0.0):
         super().__init__()
+        check_sizes(in_channels=in_channels, num_classes=num_classes)
         layers: list[nn.Module] = []
         c = in_channels
         for v in _CFG_D:
