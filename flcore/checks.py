@@ -21,6 +21,7 @@ import torch
 
 from flcore.batchnorm import BN_POLICIES, bn_entries
 from flcore.compat import precision_choices
+from flcore.config_record import dotted_name
 from flcore.errors import ConfigError, first_line
 from flcore.local import DEFAULT_LOCAL, quiet_lightning
 from flcore.strategies.base import HeterogeneousStrategy, Strategy
@@ -32,20 +33,6 @@ if TYPE_CHECKING:
     from flcore.trainer import FederatedTrainer
 
 __all__ = ["check_run", "check_local", "check_log_dir", "check_optimizer", "check_pairing", "check_architectures", "check_net", "check_feature_shapes", "dotted_name"]
-
-
-def dotted_name(obj) -> str:
-    """``module.Class`` of an object (or of a class), as a config's ``class_path`` names it; the
-    public package path when the class is re-exported there (``flcore.strategies.Scaffold``)."""
-    cls = obj if isinstance(obj, type) else type(obj)
-    module = cls.__module__
-    package = module.rsplit(".", 1)[0] if "." in module else module
-    try:
-        if getattr(importlib.import_module(package), cls.__name__, None) is cls:
-            return f"{package}.{cls.__name__}"
-    except ImportError:  # pragma: no cover - the class's own package is importable
-        pass
-    return f"{module}.{cls.__name__}"
 
 
 def _resolve(path: str) -> type:

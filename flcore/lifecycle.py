@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from flcore.config_record import flatten
 from flcore.errors import ConfigError
 from flcore.results import select_best
 from flcore.metric_names import TEST_ACC
@@ -32,9 +33,11 @@ def client_states(ckpt: dict[str, Any]) -> dict[str, dict[int, Any]]:
 
 
 def hparams(strategy, rounds: int, clients_per_round: int, local: dict[str, Any], seed: int,
-            datamodule) -> dict[str, Any]:
-    """The run's TensorBoard hyperparameters: seed, strategy and its scalar settings, rounds,
-    clients per round and in all, local epochs, batch size, dataset and partition settings."""
+            datamodule, run_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's TensorBoard hyperparameters (``hparams.yaml``): seed, strategy and its scalar
+    settings, rounds, clients per round and in all, local epochs, batch size, dataset and
+    partition settings, and the model's (its class, net, optimizer, learning rate, mu, ...: the
+    scalar leaves of ``run_config["model"]``, e.g. ``model.optimizer.lr``)."""
     hp: dict[str, Any] = {
         "seed": seed, "strategy": type(strategy).__name__, "rounds": rounds,
         "clients_per_round": clients_per_round, "num_clients": datamodule.num_clients,
@@ -43,6 +46,8 @@ def hparams(strategy, rounds: int, clients_per_round: int, local: dict[str, Any]
     }
     hp.update({f"strategy.{k}": v for k, v in vars(strategy).items() if isinstance(v, (int, float, str, bool))})
     hp.update({f"partition.{k}": v for k, v in vars(datamodule.partition).items() if isinstance(v, (int, float))})
+    if run_config and isinstance(run_config.get("model"), dict):
+        hp.update(flatten("model", run_config["model"]))
     return hp
 
 

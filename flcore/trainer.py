@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from flcore.batchnorm import bn_entries
 from flcore.checks import check_architectures, check_run
+from flcore.config_record import python_run_config
 from flcore.client_store import ClientStateStore, checkpoint_manifest, open_store
 from flcore.checkpoint import load_checkpoint, load_resume_checkpoint, resolve_ckpt_path, save_checkpoint
 from flcore.errors import ClientFailureError, ConfigError, DivergedError, RunInterrupted
@@ -189,7 +190,7 @@ class FederatedTrainer:
         self._parked: ParkedModels | None = None  # set by fit: this round's dispatched models lent to results
         self._bn_keys: dict[str | None, list[str]] = {}  # per architecture, for bn_policy != average
         self.client_eval_every, self.client_test_size = client_eval_every, client_test_size
-        self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
+        self.run_config: dict[str, Any] | None = None  # the resolved config (CLI), or read from the objects (fit)
         self.history: list[dict[str, float]] = []
         self.run_dir: Path | None = None
         self.run_id: str | None = None  # set by fit: new per run, kept across resumes
@@ -223,6 +224,8 @@ class FederatedTrainer:
             raise ConfigError("data: a FederatedDataModule is required")
         model = self._check(model, datamodule)
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        if self.run_config is None or self.run_config.get("source") == "python":  # started from Python
+            self.run_config = python_run_config(self, model, datamodule, seed)
         start, state, version, ckpt = 0, None, None, None
         self.run_id = uuid.uuid4().hex[:12]
         if ckpt_path:
@@ -266,7 +269,7 @@ class FederatedTrainer:
         store = self.client_store = open_store(self.run_dir, self.client_state_mb, ckpt, start)
         self._parked = ParkedModels(self.run_dir / ".dispatched")
         if start == 0:
-            logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule))
+            logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule, self.run_config))
         write_config(self.run_dir, self.run_config)
         if hasattr(datamodule, "save_artifacts"):  # e.g. Sent140's vocabulary
             datamodule.save_artifacts(self.run_dir)
@@ -323,7 +326,7 @@ class FederatedTrainer:
         allowed = self.strategy.rounds_allowed(state)
         status = "finished" if completed == self.rounds or (allowed is not None and allowed < 1) else "out_of_time"
         record = self._write_results(seed, status)
-        logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule), metrics={
+        logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule, self.run_config), metrics={
             "hp/final_test_acc": (record["final"] or {}).get(TEST_ACC, math.nan),
             "hp/test_acc_at_best_val": record["test_acc_at_best_val"] if record["test_acc_at_best_val"] is not None
             else math.nan})

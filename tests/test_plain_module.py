@@ -163,3 +163,21 @@ def test_refusals_are_one_line_before_training(tmp_path, strategy, module, messa
 def test_a_negative_proximal_weight_is_refused():
     with pytest.raises(ValueError, match=r"trainer.strategy.init_args.mu: the proximal weight must be >= 0, got -1"):
         FedProx(mu=-1)
+
+
+def test_a_python_run_records_its_config_seed_and_hyperparameters(tmp_path):
+    import yaml
+
+    seed_everything(3)
+    _, summary = _fit(tmp_path, FedProx(mu=0.05), DigitsMLP(hidden=8, lr=0.2), _data(), rounds=1)
+    run = Path(summary["run_dir"])
+    config = json.loads((run / "results.json").read_text())["config"]
+    assert config["source"] == "python" and config["seed_everything"] == 3
+    assert config["model"] == {"class_path": "my_module.DigitsMLP", "init_args": {"hidden": 8, "lr": 0.2}}
+    assert config["trainer"]["strategy"] == {"class_path": "flcore.strategies.FedProx",
+                                             "init_args": {"server_optimizer": None, "mu": 0.05}}
+    assert config["data"]["init_args"]["partition"] == {"class_path": "datamodules.Dirichlet",
+                                                        "init_args": {"beta": 0.5, "min_size": 10, "max_tries": 1000}}
+    assert yaml.safe_load((run / "config.yaml").read_text()) == config
+    hp = yaml.safe_load((run / "hparams.yaml").read_text())
+    assert hp["model"] == "DigitsMLP" and hp["model.lr"] == 0.2 and hp["strategy.mu"] == 0.05 and hp["seed"] == 3
