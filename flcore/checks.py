@@ -63,8 +63,8 @@ def check_pairing(strategy: Strategy, model: L.LightningModule) -> None:
         if terms is None:
             raise ConfigError(f"trainer.strategy: {dotted_name(strategy)} needs its own client objective "
                               f"(model.class_path {strategy.client_objective}); a user's own LightningModule runs with "
-                              f"strategies whose client objective is the module's loss (FedAvg, FedProx, FedCross, FedMR, "
-                              f"CluSamp, the robust rules, ...)")
+                              f"strategies whose client objective is the module's loss or a term on it (FedAvg, FedProx, "
+                              f"SCAFFOLD, FedCross, FedMR, CluSamp, the robust rules, ...)")
         model.terms = terms
         return
     need = strategy.client_objective

@@ -100,6 +100,11 @@ def fit_plain(runner, module, tasks: list[ClientTask], rnd: int) -> list[ClientR
         recorder = _LastEpochLoss()
         try:
             user.load_state_dict(task.state)
+            if module.keeps_client_state:  # e.g. SCAFFOLD's c_i, as on the fast path
+                source_of = runner.client_state_source
+                module.load_client_state(task.client_state if task.client_state is not None or source_of is None
+                                         else source_of(task.cid))
+            module.configure_client(task.payload)
             seed = derive_seed(runner.seed, rnd, task.cid, STREAM_CLIENT)
             source = runner.datamodule.client_batches(task.cid, generator=torch.Generator().manual_seed(seed))
             _seed_local_rng(seed)
@@ -116,7 +121,8 @@ def fit_plain(runner, module, tasks: list[ClientTask], rnd: int) -> list[ClientR
         state = {k: v.detach().to("cpu", copy=True) for k, v in user.state_dict().items()}
         user.zero_grad(set_to_none=True)
         result = ClientResult(cid=task.cid, slot=task.slot, state=state, num_samples=source.num_samples,
-                              metrics=metrics, payload={})
+                              metrics=metrics, payload=module.client_upload(),
+                              client_state=module.client_state() if module.keeps_client_state else None)
         outcome = _check_finite(result)
         if runner.result_sink is not None and isinstance(outcome, ClientResult):
             runner.result_sink(outcome)

@@ -9,8 +9,9 @@ every parameter and persistent buffer it registers is federated) and the global 
 (``forward`` must return ``(B, C)`` class scores; accuracy and cross-entropy on the global test
 set, as for the shipped modules).
 
-A method whose client objective adds a term to the module's own loss (FedProx's proximal term)
-applies it as a Lightning callback that corrects the gradients before each optimizer step
+A method whose client objective adds a term to the module's own loss (FedProx's proximal term,
+SCAFFOLD's control variates) applies it as a Lightning callback that corrects the gradients
+before each optimizer step
 (:mod:`lightning_modules.terms`; the strategy supplies it, ``Strategy.client_terms``), so the
 term cannot be forgotten. :class:`lightning_modules.ClientModule` and its subclasses stay the fast
 path of the shipped modules.
@@ -19,10 +20,12 @@ path of the shipped modules.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightning as L
 
 from lightning_modules.client import ClientModule
+from lightning_modules.terms import ControlVariates
 
 __all__ = ["PlainClient", "as_client"]
 
@@ -46,6 +49,32 @@ class PlainClient(ClientModule):
             raise TypeError(f"model: must be a LightningModule, got {type(module).__name__}")
         super().__init__(module)
         self.terms = list(terms)
+
+    @property
+    def terms(self) -> list[L.Callback]:
+        """The strategy's client-objective terms (callbacks of every local update)."""
+        return self._terms
+
+    @terms.setter
+    def terms(self, terms: Sequence[L.Callback]) -> None:
+        self._terms = list(terms)
+        self._stateful = [t for t in self._terms if isinstance(t, ControlVariates)]
+        self.keeps_client_state = bool(self._stateful)
+
+    def load_client_state(self, state: dict[str, Any] | None) -> None:
+        for term in self._stateful:
+            term.load_client_state(state)
+
+    def configure_client(self, payload: dict[str, Any]) -> None:
+        for term in self._stateful:
+            term.configure_client(payload)
+
+    def client_upload(self) -> dict[str, Any]:
+        return {k: v for term in self._stateful for k, v in term.client_upload().items()}
+
+    def client_state(self) -> dict[str, Any] | None:
+        states = [term.client_state() for term in self._stateful]
+        return states[0] if states else None
 
     def configure_optimizers(self):
         """The user's own optimizers (``module.configure_optimizers``), as Lightning calls it

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from lightning.pytorch.cli import OptimizerCallable
 
 from lightning_modules.client import ClientModule, default_optimizer
+from lightning_modules.terms import option2_update
 
 __all__ = ["ScaffoldModule"]
 
@@ -86,9 +87,8 @@ class ScaffoldModule(ClientModule):
             return None
         if self._new_ci is None:
             names = [n for n, _ in self.net.named_parameters()]
-            scale = 1.0 / (self._steps * self._lr)
-            self._new_ci = {n: ci - c + (x - y.detach()) * scale
-                            for n, ci, c, x, y in zip(names, self._ci, self._c, self._x, self.net.parameters())}
+            self._new_ci = option2_update(names, self._ci, self._c, self._x, list(self.net.parameters()), self._steps,
+                                          self._lr)
         return self._new_ci
 
     def client_upload(self) -> dict[str, Any]:

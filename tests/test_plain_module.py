@@ -18,7 +18,7 @@ from flcore import FederatedTrainer
 from flcore.checkpoint import load_checkpoint
 from flcore.errors import ConfigError
 from flcore.seeding import STREAM_CLIENT, derive_seed
-from flcore.strategies import FedAvg, FedCross, FedMR, FedProx, Scaffold
+from flcore.strategies import FedAvg, FedCross, FedMR, FedProx, Moon, Scaffold
 from lightning_modules import FedProxModule
 from lightning_modules.models import CNN
 from tests.conftest import assert_same_tree
@@ -144,7 +144,7 @@ def test_the_example_runs_from_yaml_with_fedavg_fedprox_fedcross_and_fedmr(run_c
 
 
 @pytest.mark.parametrize("strategy, module, message", [
-    (Scaffold(), DigitsMLP(), "trainer.strategy: flcore.strategies.Scaffold needs its own client objective"),
+    (Moon(), DigitsMLP(), "trainer.strategy: flcore.strategies.Moon needs its own client objective"),
     (FedProx(), DigitsMLP(), "trainer.strategy.init_args.mu: FedProx with a user's own LightningModule needs"),
     (FedAvg(), NoForward(), "model: cannot take the data's inputs of shape (1, 8, 8) (forward must map"),
     (FedAvg(), WrongOutput(), "model: forward must return (B, 10) class scores for the data's 10 classes, got (2, 5)"),
@@ -181,3 +181,25 @@ def test_a_python_run_records_its_config_seed_and_hyperparameters(tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text()) == config
     hp = yaml.safe_load((run / "hparams.yaml").read_text())
     assert hp["model"] == "DigitsMLP" and hp["model.lr"] == 0.2 and hp["strategy.mu"] == 0.05 and hp["seed"] == 3
+
+
+def test_scaffold_with_a_user_module_equals_the_shipped_scaffold_objective(tmp_path):
+    """SCAFFOLD's control variates as a callback (ControlVariates) give the same rounds as
+    ScaffoldModule on the same net, data order and optimizer, client state carried between rounds."""
+    from functools import partial
+
+    from lightning_modules import ScaffoldModule
+
+    seed_everything(0)
+    user = DigitsMLP(hidden=8, lr=0.2)
+    shipped_net = copy.deepcopy(user.model)
+    _, plain = _fit(tmp_path, Scaffold(), user, _data(), rounds=3, name="plain")
+    seed_everything(0)
+    shipped = ScaffoldModule(shipped_net, optimizer=partial(torch.optim.SGD, lr=0.2))
+    _, fast = _fit(tmp_path, Scaffold(), shipped, _data(), rounds=3, name="fast")
+    a, b = (load_checkpoint(Path(s["run_dir"]) / "checkpoints" / "last.ckpt")["strategy_state"] for s in (plain, fast))
+    assert list(a["global"]) == [f"model.{k}" for k in b["global"]]
+    for key in b["global"]:
+        torch.testing.assert_close(a["global"][f"model.{key}"], b["global"][key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(a["c"][f"model.{key}"], b["c"][key], rtol=1e-4, atol=1e-6)
+    assert max(v.abs().max().item() for v in a["c"].values()) > 0  # the control variates moved

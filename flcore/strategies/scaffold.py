@@ -6,6 +6,7 @@ from typing import Any
 
 from flcore.functional import RunningMix, mix, weighted_average
 from flcore.server_opt import ServerOptimizer
+from lightning_modules.terms import ControlVariates
 from flcore.strategies.base import ClientResult, ClientTask, RoundAccumulator
 from flcore.strategies.fedavg import FedAvg
 
@@ -33,6 +34,10 @@ class Scaffold(FedAvg):
     """
 
     client_objective = "lightning_modules.ScaffoldModule"
+
+    def client_terms(self) -> list:
+        """``[ControlVariates()]``: SCAFFOLD's client half for a user's own LightningModule."""
+        return [ControlVariates()]
 
     def __init__(self, global_lr: float = 1.0, server_optimizer: ServerOptimizer | None = None):
         super().__init__(server_optimizer)
