@@ -1,6 +1,6 @@
 """An ordinary LightningModule, written with no flcore import: automatic optimization, its own
 ``training_step`` with ``self.log`` and a TorchMetrics metric, its own ``configure_optimizers``.
-flcore runs it federated as it is (``fedavg_digits.yaml``, ``run.py``)."""
+flcore runs it federated as it is, from YAML (``fedavg_digits.yaml``) or Python (``run.py``)."""
 
 import lightning as L
 import torch
