@@ -1,7 +1,9 @@
 """BatchNorm policy (trainer.bn_policy): FedBN's local BN and statistics-only local BN."""
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning import seed_everything
 
 from datamodules import Digits
@@ -30,10 +32,30 @@ def test_bn_entries_by_policy():
     assert bn_entries(CNN(1, 10, 8), "local") == []
 
 
+class UserModule(L.LightningModule):
+    """A user's own LightningModule around the net (the general path)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _net()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01, momentum=0.5)
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["client_module", "user_module"])
 @pytest.mark.parametrize("policy", ["local", "local_stats"])
-def test_clients_train_with_their_own_bn_entries(tmp_path, monkeypatch, policy):
+def test_clients_train_with_their_own_bn_entries(tmp_path, monkeypatch, policy, user):
     """Round 2: every client starts from the global model except its BN entries (all of them for
-    FedBN, the statistics for local_stats), which are exactly what it trained in round 1."""
+    FedBN, the statistics for local_stats), which are exactly what it trained in round 1; with
+    flcore's ClientModule and with a user's own LightningModule."""
     sent, uploads = [], []
     fit_many, add = LocalRunner.fit_many, WeightedMean.add
 
@@ -52,9 +74,9 @@ def test_clients_train_with_their_own_bn_entries(tmp_path, monkeypatch, policy):
     seed_everything(0)
     trainer = FederatedTrainer(strategy=FedAvg(), rounds=2, clients_per_round=3, local={"max_epochs": 1},
                                log_dir=str(tmp_path), bn_policy=policy, client_eval_every=2)
-    trainer.fit(ClientModule(_net()), Digits(num_clients=3, batch_size=32))
+    trainer.fit(UserModule() if user else ClientModule(_net()), Digits(num_clients=3, batch_size=32))
     assert 0 <= trainer.history[-1]["clients/test_acc_mean"] <= 1  # each client evaluated with its own BN
-    keys = bn_entries(_net(), policy)
+    keys = [f"net.{k}" if user else k for k in bn_entries(_net(), policy)]
     first, second = sent
     trained = dict(zip([c for c, _ in first[:-1]], first[-1]))
     global_after_1 = second[0][1]  # equal for all clients outside the local keys

@@ -203,3 +203,24 @@ def test_scaffold_with_a_user_module_equals_the_shipped_scaffold_objective(tmp_p
         torch.testing.assert_close(a["global"][f"model.{key}"], b["global"][key], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a["c"][f"model.{key}"], b["c"][key], rtol=1e-4, atol=1e-6)
     assert max(v.abs().max().item() for v in a["c"].values()) > 0  # the control variates moved
+
+
+def test_clustered_sampling_runs_a_user_module(tmp_path):
+    from flcore.samplers import ClusteredSampler
+
+    seed_everything(0)
+    trainer = FederatedTrainer(strategy=FedAvg(), sampler=ClusteredSampler(), rounds=3, clients_per_round=2,
+                               eval_every=1, local={"max_epochs": 1}, log_dir=str(tmp_path), name="clusamp")
+    trainer.fit(DigitsMLP(hidden=8), _data(num_clients=4))
+    assert [row["round"] for row in trainer.history] == [1, 2, 3]
+    assert trainer.sampler.updates is not None and trainer.sampler.updates.abs().sum() > 0  # updates observed
+
+
+def test_dp_fedavg_runs_a_user_module_and_reports_epsilon(tmp_path):
+    from flcore.strategies import DPFedAvg
+
+    seed_everything(0)
+    trainer, _ = _fit(tmp_path, DPFedAvg(clip_norm=0.5, noise_multiplier=1.0), DigitsMLP(hidden=8), _data(num_clients=4),
+                      rounds=2, epochs=1, clients=2, name="dp")
+    eps = [row["dp/epsilon"] for row in trainer.history]
+    assert 0 < eps[0] < eps[1]  # the accountant spends more with every round
