@@ -73,8 +73,8 @@ class PlainClient(ClientModule):
         return {k: v for term in self._stateful for k, v in term.client_upload().items()}
 
     def client_state(self) -> dict[str, Any] | None:
-        states = [term.client_state() for term in self._stateful]
-        return states[0] if states else None
+        merged = {k: v for term in self._stateful for k, v in (term.client_state() or {}).items()}
+        return merged or None
 
     def configure_optimizers(self):
         """The user's own optimizers (``module.configure_optimizers``), as Lightning calls it
