@@ -3,17 +3,25 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install quickstart test benchmark-accuracy benchmark-speed clean
+.PHONY: install install-core quickstart test benchmark-accuracy benchmark-speed clean
 
+# The core install (quickstart) is flcore and its required dependencies only; `make install`
+# (the test suite) adds every optional extra: test, ray, plot, flwr, dp.
 $(BIN)/flcore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.extras: $(BIN)/flcore
 	$(BIN)/python -m pip install -q -e '.[test,ray,plot,flwr,dp]'
 	touch $@
 
-install: $(BIN)/flcore
+install-core: $(BIN)/flcore
 
-quickstart: install
+install: $(VENV)/.extras
+
+quickstart: install-core
 	$(BIN)/flcore fit --config configs/quickstart.yaml
 
 test: install
