@@ -1,4 +1,5 @@
-"""Federated datamodules: datasets with a partition into clients. Independent of flcore."""
+"""Federated datamodules: datasets with a partition into clients (shipped ones in memory, or a
+user's own Dataset / LightningDataModule through :mod:`datamodules.wrap`). Independent of flcore."""
 
 from datamodules.base import DatasetNotFoundError, FederatedDataModule, IndexedTensors
 from datamodules.leaf import FEMNIST, LeafDataModule, Natural, Sent140, Shakespeare
@@ -12,6 +13,7 @@ from datamodules.partition import (
     Shards,
     label_distribution,
 )
+from datamodules.wrap import DatasetEpochs, FromDataModule, FromDatasets, Pairs
 from datamodules.vision import CIFAR10, CIFAR100, MNIST, SVHN, Digits, FashionMNIST
 
 __all__ = [
@@ -20,5 +22,6 @@ __all__ = [
     "Partitioner", "IID", "Dirichlet", "Shards", "ClassesPerClient", "QuantitySkew", "FlwrPartitioner",
     "label_distribution",
     "Digits", "MNIST", "FashionMNIST", "CIFAR10", "CIFAR100",
+    "FromDatasets", "FromDataModule", "Pairs", "DatasetEpochs",
     "LeafDataModule", "Natural", "FEMNIST", "Shakespeare", "Sent140",
 ]

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.partition import IID, Partitioner, label_distribution
 
 __all__ = ["FederatedDataModule", "IndexedTensors", "ShuffledEpochs", "DatasetNotFoundError", "collate_batch",
-           "downloading"]
+           "downloading", "kept_samples"]
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -55,6 +55,12 @@ def downloading(root: str | os.PathLike, what: str):
             raise DatasetNotFoundError(
                 f"data.download: could not download {what} ({reason[0][:120] if reason else type(err).__name__}); "
                 f"copy the files under data.root={os.path.abspath(root)} instead") from None
+
+
+def kept_samples(n: int, batch_size: int) -> int:
+    """Samples of a client's ``n`` that an epoch trains on: all but a trailing mini-batch of a
+    single sample, which is dropped (BatchNorm cannot train on one sample)."""
+    return n - 1 if n > batch_size and n % batch_size == 1 else n
 
 
 class IndexedTensors(Dataset):
@@ -106,7 +112,7 @@ class ShuffledEpochs:
         self.batch_size = int(batch_size)
         self.generator = generator
         n = len(self.indices)
-        self.keep = n - 1 if n > self.batch_size and n % self.batch_size == 1 else n
+        self.keep = kept_samples(n, self.batch_size)
         self.num_samples = n
 
     @property
@@ -214,27 +220,49 @@ class FederatedDataModule(L.LightningDataModule):
         if self.x_train is not None:
             return
         x_train, y_train, x_test, y_test = self.load()
-        n_val = self._count("val_size", self.val_size, len(y_train), 0)
-        n_pub = self._count("public_size", self.public_size, len(y_train), n_val)
-        if n_val or n_pub:
-            order = torch.from_numpy(np.random.default_rng(self.val_seed).permutation(len(y_train)))
-            val, pub = order[:n_val].sort().values, order[n_val:n_val + n_pub].sort().values
-            keep = order[n_val + n_pub:].sort().values
-            if n_val:
+        val, pub, keep = self.held_out(len(y_train))
+        if keep is not None:
+            if len(val):
                 self.x_val, self.y_val = x_train[val].contiguous(), y_train[val].long()
-            if n_pub:
+            if len(pub):
                 self.x_public = x_train[pub].contiguous()
             x_train, y_train = x_train[keep], y_train[keep]
         self.x_train, self.y_train = x_train.contiguous(), y_train.long()
         self.x_test, self.y_test = x_test.contiguous(), y_test.long()
-        labels = self.y_train.numpy()
-        self.client_indices = self.partition(labels, self.num_clients, np.random.default_rng(self.seed))
-        empty = [c for c, part in enumerate(self.client_indices) if len(part) == 0]
+        self.client_indices = self.split(self.y_train.numpy())
+
+    def held_out(self, n: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The server-held sets carved from ``n`` training samples before partitioning:
+        ``(val, public, keep)`` sorted position tensors (``val_size``, then ``public_size``, from
+        one draw seeded by ``val_seed``); ``keep`` is ``None`` when nothing is held out.
+
+        Raises:
+            ValueError: a held-out set that leaves fewer training samples than clients.
+        """
+        n_val = self._count("val_size", self.val_size, n, 0)
+        n_pub = self._count("public_size", self.public_size, n, n_val)
+        if not (n_val or n_pub):
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty, None
+        order = torch.from_numpy(np.random.default_rng(self.val_seed).permutation(n))
+        return (order[:n_val].sort().values, order[n_val:n_val + n_pub].sort().values,
+                order[n_val + n_pub:].sort().values)
+
+    def split(self, labels: np.ndarray) -> list[np.ndarray]:
+        """The partition of the ``(N,)`` training labels into ``num_clients`` index arrays
+        (``partition``, seeded by ``seed``).
+
+        Raises:
+            ValueError: a client left without training samples.
+        """
+        parts = self.partition(labels, self.num_clients, np.random.default_rng(self.seed))
+        empty = [c for c, part in enumerate(parts) if len(part) == 0]
         if empty:  # a client with no data can never train: refuse it here, not in round r of a run
             raise ValueError(
                 f"data.partition: {len(empty)} of {self.num_clients} clients get no training samples "
                 f"(clients {empty[:5]}{' ...' if len(empty) > 5 else ''}); lower data.num_clients or set "
                 f"partition.min_size >= 1")
+        return parts
 
     def _count(self, field: str, v: float, n: int, taken: int) -> int:
         """Samples a held-out set of size ``v`` (fraction or count) takes from ``n``, after
@@ -301,6 +329,13 @@ class FederatedDataModule(L.LightningDataModule):
             cache[size] = sets
         return cache[size]
 
+    def test_samples(self, indices) -> tuple[Tensor, Tensor]:
+        """Global test samples ``indices`` (a sequence or ``(n,)`` tensor of positions) as
+        ``(x (n, ...), y (n,))`` tensors, e.g. a probe batch for the pre-training checks or the
+        samples of per-client evaluation."""
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        return self.x_test[idx], self.y_test[idx]
+
     def partition_checksum(self) -> str:
         """SHA-256 of the partition (to check that a resumed run sees the same split)."""
         h = hashlib.sha256()
@@ -326,7 +361,7 @@ class FederatedDataModule(L.LightningDataModule):
             shuffle=True,
             generator=generator,
             collate_fn=collate_batch,
-            drop_last=len(dataset) > self.batch_size and len(dataset) % self.batch_size == 1,
+            drop_last=kept_samples(len(dataset), self.batch_size) < len(dataset),
         )
 
     def client_batches(self, cid: int, generator: torch.Generator | None = None) -> ShuffledEpochs:

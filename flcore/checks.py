@@ -32,7 +32,7 @@ from lightning_modules.plain import PlainClient
 if TYPE_CHECKING:
     from flcore.trainer import FederatedTrainer
 
-__all__ = ["check_run", "check_local", "check_log_dir", "check_optimizer", "check_pairing", "check_architectures", "check_net", "check_feature_shapes", "dotted_name"]
+__all__ = ["check_datamodule", "check_run", "check_local", "check_log_dir", "check_optimizer", "check_pairing", "check_architectures", "check_net", "check_feature_shapes", "dotted_name"]
 
 
 def _resolve(path: str) -> type:
@@ -206,6 +206,29 @@ def _check_fields(trainer: FederatedTrainer) -> None:
     check_local(trainer.local)
 
 
+def check_datamodule(datamodule) -> None:
+    """``datamodule`` is a federated datamodule (it has a partition into clients).
+
+    Raises:
+        ConfigError: ``data`` missing, or a plain ``LightningDataModule`` / other object (the
+            message says how to wrap it: :class:`datamodules.FromDataModule`).
+    """
+    from datamodules.base import FederatedDataModule
+
+    if isinstance(datamodule, FederatedDataModule):
+        return
+    if datamodule is None:
+        raise ConfigError("data: a federated datamodule is required (e.g. datamodules.FashionMNIST, or your own "
+                          "data through datamodules.FromDatasets / FromDataModule)")
+    name = type(datamodule).__name__
+    if isinstance(datamodule, L.LightningDataModule):
+        raise ConfigError(f"data: {name} is a plain LightningDataModule with no partition into clients; wrap it: "
+                          f"datamodules.FromDataModule(datamodule=..., num_clients=N, partition=...) (YAML: "
+                          f"data.class_path: datamodules.FromDataModule, data.init_args.datamodule: your class)")
+    raise ConfigError(f"data: {name} is not a datamodule; use datamodules.FromDatasets(train=..., test=..., "
+                      f"num_clients=N, partition=...) for torch Datasets")
+
+
 def check_log_dir(log_dir: str) -> None:
     """``log_dir`` exists (it is created) and takes files; no run folder is made here.
 
@@ -235,7 +258,7 @@ def check_run(trainer: FederatedTrainer, model: L.LightningModule, datamodule
     check_log_dir(trainer.log_dir)
     try:
         datamodule.setup("fit")
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, TypeError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
     n = datamodule.num_clients
     if trainer.clients_per_round > n:
@@ -329,7 +352,7 @@ def check_feature_shapes(modules: dict[str, L.LightningModule], datamodule) -> N
         was = net.training
         net.eval()
         with torch.no_grad():
-            s_in = net.extractor(datamodule.x_test[:2])
+            s_in = net.extractor(datamodule.test_samples([0, 1])[0])
             shapes[name] = (tuple(s_in.shape[1:]), tuple(net.intermediate(s_in).shape[1:]))
         net.train(was)
     if len(set(shapes.values())) > 1:
@@ -353,7 +376,7 @@ def check_net(model: L.LightningModule, datamodule) -> None:
     if empty is not None:
         raise ConfigError(f"{field}: parameter {empty} has zero size (a width, channel or class count of 0); "
                           f"every layer needs a size >= 1")
-    x = datamodule.x_test[:2]
+    x = datamodule.test_samples([0, 1])[0]
     was_training = model.training
     model.eval()
     try:

@@ -20,7 +20,6 @@ import lightning as L
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
-from datamodules.base import FederatedDataModule
 from flcore.errors import ClientFailureError, ConfigError, RunInterrupted
 from flcore.trainer import FederatedTrainer
 
@@ -33,7 +32,7 @@ class FlcoreCLI(LightningCLI):
     def __init__(self, args=None, **kwargs):
         super().__init__(
             model_class=L.LightningModule,
-            datamodule_class=FederatedDataModule,
+            datamodule_class=L.LightningDataModule,  # a plain one is refused by the trainer, in one line
             trainer_class=FederatedTrainer,
             subclass_mode_model=True,
             subclass_mode_data=True,

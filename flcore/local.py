@@ -379,7 +379,7 @@ class LocalRunner:
     @torch.no_grad()
     def sample_correct(self, state, indices: np.ndarray, arch: str | None = None) -> Tensor:
         """``(len(indices),)`` bool: whether ``state`` (of architecture ``arch``) classifies each
-        global test sample ``x_test[indices]`` correctly (eval mode, batches of
+        global test sample ``indices`` (:meth:`FederatedDataModule.test_samples`) correctly (eval mode, batches of
         ``eval_batch_size``; for per-client accuracies, where one pass over the union of the
         clients' test sets replaces one Lightning test loop per client)."""
         module = self.modules[arch]
@@ -390,7 +390,7 @@ class LocalRunner:
         idx = torch.as_tensor(indices, dtype=torch.long)
         out = []
         for chunk in idx.split(self.datamodule.eval_batch_size):
-            x, y = self.datamodule.x_test[chunk].to(device), self.datamodule.y_test[chunk].to(device)
+            x, y = (t.to(device) for t in self.datamodule.test_samples(chunk))
             out.append((module(x).argmax(1) == y).cpu())
         module.train(was)
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)

@@ -16,7 +16,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from flcore.batchnorm import bn_entries
-from flcore.checks import check_architectures, check_run
+from flcore.checks import check_architectures, check_datamodule, check_run
 from flcore.config_record import python_run_config
 from flcore.client_store import ClientStateStore, checkpoint_manifest, open_store
 from flcore.checkpoint import load_checkpoint, load_resume_checkpoint, resolve_ckpt_path, save_checkpoint
@@ -210,7 +210,8 @@ class FederatedTrainer:
 
         Args:
             model: the local objective (LightningModule with ``net``).
-            datamodule: a ``FederatedDataModule``.
+            datamodule: a ``FederatedDataModule`` (a user's own data: ``datamodules.FromDatasets`` /
+                ``FromDataModule``).
             ckpt_path: resume from this checkpoint (``"last"`` = newest under ``log_dir/name``).
 
         Returns:
@@ -220,8 +221,7 @@ class FederatedTrainer:
         Raises:
             ConfigError: invalid configuration or missing data, before any training.
         """
-        if datamodule is None:
-            raise ConfigError("data: a FederatedDataModule is required")
+        check_datamodule(datamodule)
         model = self._check(model, datamodule)
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
         if self.run_config is None or self.run_config.get("source") == "python":  # started from Python
@@ -448,8 +448,7 @@ class FederatedTrainer:
         return self._evaluate_ckpt(model, datamodule, ckpt_path, "test")
 
     def _evaluate_ckpt(self, model, datamodule, ckpt_path, stage):
-        if datamodule is None:
-            raise ConfigError("data: a FederatedDataModule is required")
+        check_datamodule(datamodule)
         ckpt = load_checkpoint(resolve_ckpt_path(ckpt_path or "last", Path(self.log_dir) / self.name))
         try:
             datamodule.setup(stage)
