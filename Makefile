@@ -3,10 +3,10 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install install-core quickstart test benchmark-accuracy benchmark-speed clean
+.PHONY: install install-core docs quickstart test benchmark-accuracy benchmark-speed clean
 
 # The core install (quickstart) is flcore and its required dependencies only; `make install`
-# (the test suite) adds every optional extra: test, ray, plot, flwr, dp.
+# (the test suite) adds every optional extra: test, ray, plot, flwr, dp, docs.
 $(BIN)/flcore: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -14,7 +14,7 @@ $(BIN)/flcore: pyproject.toml
 	touch $@
 
 $(VENV)/.extras: $(BIN)/flcore
-	$(BIN)/python -m pip install -q -e '.[test,ray,plot,flwr,dp]'
+	$(BIN)/python -m pip install -q -e '.[test,ray,plot,flwr,dp,docs]'
 	touch $@
 
 install-core: $(BIN)/flcore
@@ -24,6 +24,9 @@ install: $(VENV)/.extras
 quickstart: install-core
 	$(BIN)/flcore fit --config configs/quickstart.yaml
 
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 test: install
 	$(BIN)/python -m pytest
 
@@ -31,7 +34,7 @@ benchmark-accuracy: install
 	$(BIN)/python benchmarks/accuracy.py
 
 clean:
-	rm -rf runs benchmarks/results .pytest_cache
+	rm -rf runs site .pytest_cache   # never the committed evidence under benchmarks/results
 
 benchmark-speed: install
 	$(BIN)/python benchmarks/speed.py

@@ -1,19 +1,19 @@
-"""Regenerate every committed report, claims table and README table from the committed records.
+"""Regenerate every committed report, claims table and documentation table from the committed records.
 
-    python benchmarks/regenerate.py              # rewrite the reports (tables and figures) and the README blocks
+    python benchmarks/regenerate.py              # rewrite the reports (tables and figures) and the pages' blocks
     python benchmarks/regenerate.py --no-figures # tables only
-    python benchmarks/regenerate.py --check      # change nothing; exit 1 if a table or README block is stale
+    python benchmarks/regenerate.py --check      # change nothing; exit 1 if a table or a page's block is stale
 
 Each entry of :data:`REPORTS` is one ``flcore report`` (or ``per_arch.py``) invocation over a
-folder of records (``records/<run>/{results.json,metrics.csv}``). The README embeds generated
-Markdown files between markers::
+folder of records (``records/<run>/{results.json,metrics.csv}``). The README and the pages under
+``docs/`` (:data:`PAGES`) embed generated Markdown files between markers::
 
     <!-- generated: benchmarks/results/reproduction/claims.md -->
     ...the file's content, verbatim...
     <!-- end generated -->
 
 and :func:`sync_readme` rewrites those blocks from the files. ``tests/test_generated.py`` runs
-the check in the suite, so a README table cannot drift from its records.
+the check in the suite, so a published table cannot drift from its records.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+def pages(root: Path = ROOT) -> list[Path]:
+    """The Markdown pages that may embed generated blocks: the README and ``docs/*.md``."""
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
 sys.path.insert(0, str(ROOT / "benchmarks" / "hetero"))
 
 REPRO = "benchmarks/results/reproduction"
@@ -153,9 +158,11 @@ def stale(entries: list[dict] = REPORTS) -> list[str]:
             fresh = generate_analysis(ROOT / folder, Path(tmp) / f"analysis{i}")
             if (ROOT / folder / "analysis.md").read_text() != fresh.read_text():
                 problems.append(f"{folder}/analysis.md differs from analysis.json: python benchmarks/regenerate.py")
-    readme = (ROOT / "README.md").read_text()
-    if sync_readme(readme) != readme:
-        problems.append("README.md: a generated block differs from its file: python benchmarks/regenerate.py")
+    for page in pages():
+        text = page.read_text()
+        if sync_readme(text) != text:
+            problems.append(f"{page.relative_to(ROOT)}: a generated block differs from its file: "
+                            f"python benchmarks/regenerate.py")
     return problems
 
 
@@ -173,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path.relative_to(ROOT)}")
     for folder in ANALYSES:
         print(f"wrote {generate_analysis(ROOT / folder, ROOT / folder).relative_to(ROOT)}")
-    readme = ROOT / "README.md"
-    readme.write_text(sync_readme(readme.read_text()))
-    print("synced README.md")
+    for page in pages():
+        page.write_text(sync_readme(page.read_text()))
+        print(f"synced {page.relative_to(ROOT)}")
     return 0
 
 

@@ -449,7 +449,7 @@ def section_general(args) -> list[dict]:
 
 
 def general_table(rows: list[dict], commit: str) -> str:
-    """The ``general`` section as the README's markdown table."""
+    """The ``general`` section as a markdown table (embedded in docs/python-api.md)."""
     lines = [f"Seconds per FedAvg round (median, evaluation excluded; {rows[0]['torch_threads']} torch threads, "
              f"commit {commit}):", "",
              "| round | fast path (`ClientModule`) | general path (plain LightningModule) | general / fast |",

@@ -38,7 +38,8 @@ class Pairs(Dataset):
 
     Args:
         dataset: a map-style dataset (``__len__`` and ``__getitem__``).
-        input_key, label_key: the input and label fields of mapping items.
+        input_key: the input field of mapping items.
+        label_key: the label field of mapping items.
 
     Raises:
         TypeError: (on reading an item) an input that is not a tensor or array, e.g. a PIL image
@@ -115,11 +116,12 @@ class FromDatasets(FederatedDataModule):
         test: test items, the same form.
         num_classes: the class count C (default: the largest label of ``train`` and ``test``
             plus one).
-        input_key, label_key: the fields of mapping items (Hugging Face rows).
+        input_key: the input field of mapping items (Hugging Face rows).
+        label_key: the label field of mapping items.
         num_workers: DataLoader worker processes reading a client's epoch and the evaluation
             sets (0: in the training process).
-        num_clients, partition, batch_size, seed, eval_batch_size, val_size, val_seed,
-            public_size: as in ``FederatedDataModule``.
+        num_clients: as in ``FederatedDataModule``, like ``partition``, ``batch_size``,
+            ``seed``, ``eval_batch_size``, ``val_size``, ``val_seed`` and ``public_size``.
 
     Raises:
         ValueError: ``num_workers`` < 0, empty datasets, labels below 0 or a ``num_classes`` that
@@ -253,8 +255,8 @@ class FromDataModule(FromDatasets):
     them. flcore's own ``batch_size`` replaces the loaders' batch size and sampler.
 
     Args:
-        datamodule: the user's LightningDataModule.
-        Every other argument as in :class:`FromDatasets`.
+        datamodule: the user's LightningDataModule; every other argument as in
+            :class:`FromDatasets`.
 
     Raises:
         ValueError: (setup) a datamodule with neither a test nor a validation loader, or whose

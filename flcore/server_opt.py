@@ -133,8 +133,9 @@ class ServerAdagrad(ServerOptimizer):
     """FedAdagrad (Reddi et al. 2021, Algorithm 2): ``v_t = v_{t-1} + Delta_t^2``.
 
     Args:
-        lr: eta > 0 (default 0.01). beta1: momentum of ``m`` in [0, 1) (default 0: plain
-        Adagrad). tau: adaptivity tau > 0 (default 1e-3).
+        lr: eta > 0 (default 0.01).
+        beta1: momentum of ``m`` in [0, 1) (default 0: plain Adagrad).
+        tau: adaptivity tau > 0 (default 1e-3).
     """
 
     def __init__(self, lr: float = 0.01, beta1: float = 0.0, tau: float = 1e-3):
@@ -149,8 +150,10 @@ class ServerAdam(ServerOptimizer):
     """FedAdam (Reddi et al. 2021, Algorithm 2): ``v_t = beta2 v_{t-1} + (1 - beta2) Delta_t^2``.
 
     Args:
-        lr: eta > 0 (default 0.01). beta1, beta2: in [0, 1) (defaults 0.9, 0.99). tau: > 0
-        (default 1e-3).
+        lr: eta > 0 (default 0.01).
+        beta1: in [0, 1) (default 0.9).
+        beta2: in [0, 1) (default 0.99).
+        tau: adaptivity tau > 0 (default 1e-3).
     """
 
     def __init__(self, lr: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3):
