@@ -14,7 +14,7 @@ import hashlib
 import os
 from abc import abstractmethod
 from contextlib import contextmanager
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -248,14 +248,30 @@ class FederatedDataModule(L.LightningDataModule):
         return (order[:n_val].sort().values, order[n_val:n_val + n_pub].sort().values,
                 order[n_val + n_pub:].sort().values)
 
-    def split(self, labels: np.ndarray) -> list[np.ndarray]:
+    def split(self, labels: np.ndarray, columns: Mapping[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """The partition of the ``(N,)`` training labels into ``num_clients`` index arrays
         (``partition``, seeded by ``seed``).
 
+        Args:
+            labels: ``(N,)`` training labels.
+            columns: the data's other per-sample columns, name -> ``(N,)`` values; those the
+                partitioner declares (:attr:`Partitioner.columns`) are passed to it.
+
         Raises:
-            ValueError: a client left without training samples.
+            ValueError: a column the partitioner reads that the data lacks; a client left
+                without training samples.
         """
-        parts = self.partition(labels, self.num_clients, np.random.default_rng(self.seed))
+        rng = np.random.default_rng(self.seed)
+        needs = self.partition.columns if isinstance(self.partition, Partitioner) else ()
+        if needs:
+            missing = [name for name in needs if name not in (columns or {})]
+            if missing:
+                raise ValueError(f"data.partition: {type(self.partition).__name__} reads the column(s) {missing}, "
+                                 f"which {type(self).__name__} does not have; use FromDatasets over a dataset with "
+                                 f"those columns, or give FlwrPartitioner their values (columns)")
+            parts = self.partition(labels, self.num_clients, rng, columns={name: columns[name] for name in needs})
+        else:
+            parts = self.partition(labels, self.num_clients, rng)
         empty = [c for c, part in enumerate(parts) if len(part) == 0]
         if empty:  # a client with no data can never train: refuse it here, not in round r of a run
             raise ValueError(

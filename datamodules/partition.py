@@ -16,7 +16,13 @@ __all__ = ["Partitioner", "IID", "Dirichlet", "Shards", "ClassesPerClient", "Qua
 
 
 class Partitioner(ABC):
-    """Base class: ``__call__(labels, num_clients, rng)`` -> list of index arrays."""
+    """Base class: ``__call__(labels, num_clients, rng)`` -> list of index arrays.
+
+    A partitioner that reads per-sample columns besides the labels (a natural id) names them in
+    :attr:`columns`; the datamodule then passes them as ``columns={name: (N,) array}``.
+    """
+
+    columns: tuple[str, ...] = ()
 
     @abstractmethod
     def __call__(self, labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -223,48 +229,107 @@ class QuantitySkew(Partitioner):
 
 class FlwrPartitioner(Partitioner):
     """Adapter for a Flower Datasets partitioner (``flwr_datasets.partitioner.*``; optional:
-    ``pip install flwr-datasets``): its split of the labels becomes flcore's client index arrays.
+    ``pip install flwr-datasets``): its split of the training samples becomes flcore's client
+    index arrays.
 
-    The Flower partitioner is built here from its class path and keyword arguments (its
-    ``num_partitions`` is set to ``num_clients``), handed a Hugging Face ``datasets.Dataset``
-    with one column ``label_column`` holding the labels and the sample index in ``"_idx"``, and
-    asked for each partition; partition ``i``'s indices become client ``i``. A seed argument
-    (``seed``) is filled from ``rng`` when the partitioner takes one and none is given.
+    The Flower partitioner is built from its class path and its own keyword arguments
+    (``init_args``), then handed a Hugging Face ``datasets.Dataset`` holding the labels in
+    ``label_column``, every extra column it reads, and the sample index, and asked for each
+    partition; partition ``i``'s indices become client ``i``. flcore fills three arguments when
+    the partitioner takes them and ``init_args`` leaves them out: ``num_partitions`` (the number
+    of clients), ``partition_by`` (``label_column``) and ``seed`` (drawn from ``rng``).
+    Partitioners that fix their own number of partitions (``NaturalIdPartitioner``,
+    ``GroupedNaturalIdPartitioner``, ``SizePartitioner``, ``InnerDirichletPartitioner``) must make
+    exactly ``num_clients``.
+
+    A column other than the labels (a natural id, e.g. ``partition_by: writer_id``) comes from
+    ``columns`` when given there, else from the datamodule: :class:`~datamodules.FromDatasets` over
+    a Hugging Face dataset gives its columns (see :attr:`columns`).
 
     Args:
         class_path: e.g. ``"flwr_datasets.partitioner.DirichletPartitioner"``.
-        init_args: its keyword arguments except ``num_partitions``.
-        label_column: the label column name the partitioner expects (``partition_by``).
+        init_args: the Flower partitioner's keyword arguments.
+        label_column: the name the labels carry in the dataset the partitioner sees.
+        columns: extra per-sample columns, name -> ``(N,)`` values over the training samples
+            (after any held-out split).
+        drop_unassigned: leave the samples the partitioner assigns to no client out of training
+            (e.g. ``ShardPartitioner`` without ``keep_incomplete_shard``); by default that is an
+            error.
 
     Raises:
         ImportError: flwr-datasets (or datasets) is not installed.
-        ValueError: the Flower partitioner's partitions do not cover every sample exactly once.
+        ValueError: a vertical partitioner (it splits features, not samples); a partitioner whose
+            number of partitions is not ``num_clients``; a column it reads that is missing or of
+            the wrong length; partitions that overlap, or leave samples out without
+            ``drop_unassigned``.
     """
 
-    def __init__(self, class_path: str, init_args: dict | None = None, label_column: str = "label"):
-        self.class_path, self.init_args, self.label_column = class_path, dict(init_args or {}), label_column
+    _VERTICAL = ("VerticalEvenPartitioner", "VerticalSizePartitioner")
 
-    def __call__(self, labels, num_clients, rng):
+    def __init__(self, class_path: str, init_args: dict | None = None, label_column: str = "label",
+                 columns: dict | None = None, drop_unassigned: bool = False):
+        self.class_path, self.init_args, self.label_column = class_path, dict(init_args or {}), label_column
+        self.name = class_path.rpartition(".")[2]
+        if self.name in self._VERTICAL:
+            raise ValueError(f"partition: {self.name} splits features among parties (vertical FL), which flcore "
+                             f"does not run; use a horizontal partitioner such as DirichletPartitioner")
+        self.given = {k: np.asarray(v) for k, v in (columns or {}).items()}
+        self.drop_unassigned = bool(drop_unassigned)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The extra columns the datamodule must supply: the partitioner's ``partition_by``
+        when it is neither the label column nor given in ``columns``."""
+        by = self.init_args.get("partition_by", self.label_column)
+        return () if by == self.label_column or by in self.given else (by,)
+
+    def _build(self, num_clients: int, rng: np.random.Generator):
         import importlib
         import inspect
 
+        module, _, name = self.class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except ImportError:
+            raise ImportError("partition: FlwrPartitioner needs flwr-datasets: pip install flwr-datasets") from None
+        takes = inspect.signature(cls).parameters
+        kwargs = dict(self.init_args)
+        defaults = {"num_partitions": num_clients, "partition_by": self.label_column}
+        for key, value in defaults.items():
+            if key in takes and key not in kwargs:
+                kwargs[key] = value
+        if "seed" in takes and "seed" not in kwargs:
+            kwargs["seed"] = int(rng.integers(2**31))
+        for key, value in kwargs.items():  # YAML gives lists where Flower checks for NumPy arrays
+            if isinstance(value, list) and key in takes and "ndarray" in str(takes[key].annotation):
+                kwargs[key] = np.asarray(value)
+        return cls(**kwargs)
+
+    def __call__(self, labels, num_clients, rng, columns: dict | None = None):
         self._check(labels, num_clients)
         try:
             from datasets import Dataset
         except ImportError:
             raise ImportError("partition: FlwrPartitioner needs flwr-datasets: pip install flwr-datasets") from None
-        module, _, name = self.class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
-        kwargs = dict(self.init_args)
-        if "seed" in inspect.signature(cls).parameters and "seed" not in kwargs:
-            kwargs["seed"] = int(rng.integers(2**31))
-        partitioner = cls(num_partitions=num_clients, **kwargs)
-        partitioner.dataset = Dataset.from_dict({self.label_column: np.asarray(labels).tolist(),
+        table = {**self.given, **(columns or {}), self.label_column: np.asarray(labels)}
+        for key, values in table.items():
+            if len(values) != len(labels):
+                raise ValueError(f"partition.columns: column {key!r} has {len(values)} values for {len(labels)} "
+                                 f"training samples")
+        partitioner = self._build(num_clients, rng)
+        partitioner.dataset = Dataset.from_dict({**{k: v.tolist() for k, v in table.items()},
                                                  "_idx": list(range(len(labels)))})
-        parts = [np.sort(np.asarray(partitioner.load_partition(i)["_idx"], dtype=np.int64)) for i in range(num_clients)]
+        made = partitioner.num_partitions
+        if made != num_clients:
+            raise ValueError(f"data.num_clients: {self.name} makes {made} partitions here; set data.num_clients to "
+                             f"{made}")
+        parts = [np.sort(np.asarray(partitioner.load_partition(i)["_idx"], dtype=np.int64)) for i in range(made)]
         covered = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        if len(covered) != len(labels) or len(np.unique(covered)) != len(labels):
-            raise ValueError(f"partition: {name} did not assign every sample to exactly one client")
+        if len(np.unique(covered)) != len(covered):
+            raise ValueError(f"partition: {self.name} assigned some samples to more than one client")
+        if len(covered) != len(labels) and not self.drop_unassigned:
+            raise ValueError(f"partition: {self.name} assigned {len(covered)} of {len(labels)} training samples to "
+                             f"clients; set partition.drop_unassigned: true to train without the rest")
         return parts
 
 

@@ -62,14 +62,20 @@ class Pairs(Dataset):
             x = torch.as_tensor(np.asarray(x))
         return x, torch.as_tensor(int(y), dtype=torch.long)
 
+    def column(self, name: str) -> np.ndarray | None:
+        """The ``(N,)`` values of a Hugging Face dataset's column ``name`` (no sample is read),
+        or ``None`` when the dataset has no such column."""
+        data = self.dataset
+        if name not in getattr(data, "column_names", ()):  # only a Hugging Face dataset has named columns
+            return None
+        return np.asarray(data.with_format(None)[name])
+
     def labels(self) -> np.ndarray:
         """The ``(N,)`` int64 labels: the dataset's ``targets`` attribute or label column when it
         has one (no sample is read), else each item's label (every item read once)."""
         data = self.dataset
-        column = None
-        if hasattr(data, "column_names") and self.label_key in data.column_names:  # a Hugging Face dataset
-            column = data.with_format(None)[self.label_key]
-        elif hasattr(data, "targets"):
+        column = self.column(self.label_key)
+        if column is None and hasattr(data, "targets"):
             column = data.targets
         if column is not None:
             out = np.asarray(column.cpu() if isinstance(column, Tensor) else column, dtype=np.int64).reshape(-1)
@@ -185,16 +191,20 @@ class FromDatasets(FederatedDataModule):
             raise ValueError(f"data.num_classes: {self.requested_classes} does not cover label {high - 1}; "
                              f"set it to >= {high} or null")
         self.num_classes = self.requested_classes or high
+        needs = self.partition.columns if isinstance(self.partition, Partitioner) else ()
+        columns = {name: values for name in needs if (values := train.column(name)) is not None}
         val, pub, keep = self.held_out(len(labels))
         if keep is not None:
             if len(val):
                 self.val_set = Subset(train, val.tolist())
             if len(pub):
                 self.x_public = torch.stack([train[i][0] for i in pub.tolist()])
-            train, labels = Subset(train, keep.tolist()), labels[keep.numpy()]
+            kept = keep.numpy()
+            train, labels = Subset(train, keep.tolist()), labels[kept]
+            columns = {name: values[kept] for name, values in columns.items()}
         self.train_set, self.test_set = train, test
         self.input_shape = tuple(test[0][0].shape)
-        self.client_indices = self.split(labels)
+        self.client_indices = self.split(labels, columns)
         self.train_labels, self.test_labels = labels, test_labels
 
     @property

@@ -321,25 +321,6 @@ def test_per_client_evaluation_matches_hand_computation(tmp_path):
     assert stats["clients/test_acc_mean"] == pytest.approx(0.5) and stats["clients/test_acc_worst10"] == 0.0
 
 
-@pytest.mark.parametrize("class_path,init_args", [
-    ("flwr_datasets.partitioner.IidPartitioner", {}),
-    ("flwr_datasets.partitioner.DirichletPartitioner", {"partition_by": "label", "alpha": 0.5, "min_partition_size": 5}),
-])
-def test_flwr_partitioner_adapter(class_path, init_args):
-    pytest.importorskip("flwr_datasets")  # the 'flwr' extra; make install includes it
-    from datamodules import FlwrPartitioner
-
-    labels = np.repeat(np.arange(10), 40)
-    part = FlwrPartitioner(class_path, init_args)
-    parts = part(labels, 8, np.random.default_rng(0))
-    assert len(parts) == 8 and sorted(np.concatenate(parts).tolist()) == list(range(400))
-    again = FlwrPartitioner(class_path, init_args)(labels, 8, np.random.default_rng(0))
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))  # seeded from flcore's rng
-    dm = Digits(num_clients=8, partition=FlwrPartitioner(class_path, init_args))
-    dm.setup()
-    assert sum(dm.client_sizes) == len(dm.y_train)
-
-
 def test_sweep_variant_labels_carry_their_own_args():
     """A ``configs`` entry may be a config plus arguments of its own (a variant under its label);
     the variant's args come after the grid point's and before the file-wide ones."""

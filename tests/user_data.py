@@ -69,10 +69,10 @@ class PlainDigits(L.LightningDataModule):
         return DataLoader(self.test, batch_size=self.batch_size)
 
 
-def hf_digits(split: str):
-    """The digits as a Hugging Face ``datasets.Dataset`` with columns ``image`` and ``label``,
-    formatted as torch tensors."""
+def hf_digits(split: str, **columns):
+    """The digits as a Hugging Face ``datasets.Dataset`` with columns ``image``, ``label`` and
+    any ``columns`` given (name -> per-sample values), formatted as torch tensors."""
     from datasets import Dataset as HFDataset
 
     x, y = digits_arrays(split)
-    return HFDataset.from_dict({"image": x, "label": y}).with_format("torch")
+    return HFDataset.from_dict({"image": x, "label": y, **columns}).with_format("torch")
