@@ -14,7 +14,7 @@ import hashlib
 import os
 from abc import abstractmethod
 from contextlib import contextmanager
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -63,15 +63,43 @@ def kept_samples(n: int, batch_size: int) -> int:
     return n - 1 if n > batch_size and n % batch_size == 1 else n
 
 
+Augment = Callable  # (C, H, W) tensor -> (C, H, W) tensor
+
+
+def augment_samples(x: Tensor, augment: Augment, seed: int | None = None) -> Tensor:
+    """``augment`` applied to each sample of ``x`` on its own (each draws its own random
+    parameters, where a torchvision ``v2`` transform given the whole batch would draw one set
+    for all of it).
+
+    Args:
+        x: ``(B, ...)`` inputs.
+        augment: a per-sample transform ``(...) -> (...)``, e.g. ``torchvision.transforms.v2``.
+        seed: seeds the draws (torch's CPU generator, restored afterwards); ``None`` draws from
+            the generator as it is.
+
+    Returns:
+        ``(B, ...)`` augmented inputs (the transform may change the per-sample shape, the same
+        for every sample).
+    """
+    if seed is None:
+        return torch.stack([augment(sample) for sample in x])
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return torch.stack([augment(sample) for sample in x])
+
+
 class IndexedTensors(Dataset):
     """A view of ``(x, y)`` restricted to ``indices``, fetched a whole batch at a time.
 
     Args:
         x: ``(N, ...)`` inputs; y: ``(N,)`` labels; indices: positions into ``x`` (default all).
+        augment: a per-sample training transform applied to every fetched batch (drawing from
+            torch's generator), or ``None``.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, indices: Sequence[int] | np.ndarray | None = None):
-        self.x, self.y = x, y
+    def __init__(self, x: Tensor, y: Tensor, indices: Sequence[int] | np.ndarray | None = None,
+                 augment: Augment | None = None):
+        self.x, self.y, self.augment = x, y, augment
         self.indices = None if indices is None else torch.as_tensor(np.asarray(indices), dtype=torch.long)
 
     def __len__(self) -> int:
@@ -80,11 +108,13 @@ class IndexedTensors(Dataset):
     def __getitems__(self, positions: list[int]) -> tuple[Tensor, Tensor]:
         pos = torch.as_tensor(positions, dtype=torch.long)
         idx = pos if self.indices is None else self.indices[pos]
-        return self.x[idx], self.y[idx]
+        x = self.x[idx]
+        return (x if self.augment is None else augment_samples(x, self.augment)), self.y[idx]
 
     def __getitem__(self, position: int) -> tuple[Tensor, Tensor]:
         idx = position if self.indices is None else int(self.indices[position])
-        return self.x[idx], self.y[idx]
+        x = self.x[idx]
+        return (x if self.augment is None else self.augment(x)), self.y[idx]
 
 
 class ShuffledEpochs:
@@ -101,13 +131,18 @@ class ShuffledEpochs:
         x: ``(N, ...)`` inputs; y: ``(N,)`` labels; indices: the client's positions into ``x``.
         batch_size: mini-batch size B (>= 1).
         generator: seeds the order; the same generator state gives the same epochs.
+        augment: a per-sample training transform (:func:`augment_samples`), or ``None``. Each
+            epoch's augmentation is seeded by a draw from ``generator`` after the order, so it
+            depends on the client's data stream alone (not on dropout or other draws of the
+            local update).
 
     ``len()`` is 1 (one item per pass); :attr:`num_samples` is the client's sample count and
     :attr:`num_batches` the mini-batches per epoch.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, indices, batch_size: int, generator: torch.Generator | None = None):
-        self.x, self.y = x, y
+    def __init__(self, x: Tensor, y: Tensor, indices, batch_size: int, generator: torch.Generator | None = None,
+                 augment: Augment | None = None):
+        self.x, self.y, self.augment = x, y, augment
         self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         self.batch_size = int(batch_size)
         self.generator = generator
@@ -124,7 +159,10 @@ class ShuffledEpochs:
 
     def __iter__(self):
         order = self.indices[torch.randperm(self.num_samples, generator=self.generator)[: self.keep]]
-        yield list(zip(self.x[order].split(self.batch_size), self.y[order].split(self.batch_size)))
+        x = self.x[order]
+        if self.augment is not None:
+            x = augment_samples(x, self.augment, int(torch.randint(2**62, (), generator=self.generator)))
+        yield list(zip(x.split(self.batch_size), self.y[order].split(self.batch_size)))
 
 
 def collate_batch(batch):
@@ -154,6 +192,12 @@ class FederatedDataModule(L.LightningDataModule):
             validation set, from the same seeded draw), never given to a client: a fraction in
             (0, 1) or a count >= 1; 0 (default) none. Its labels are dropped
             (:meth:`public_inputs`). Knowledge-transfer strategies (FedET) distil on it.
+        augment: a training-time transform applied to each training sample on its own, every
+            local epoch, e.g. ``torchvision.transforms.v2.Compose([RandomCrop(32, padding=4),
+            RandomHorizontalFlip()])``; it sees the stored (normalised) ``(C, H, W)`` tensors and
+            must keep their shape. Seeded per client and epoch from the order's generator
+            (:class:`ShuffledEpochs`). ``None`` (default): no augmentation, as in the papers.
+            Test, validation and public data are never augmented.
 
     Raises:
         ValueError: num_clients < 1, batch_size < 1, eval_batch_size < 1, val_size < 0,
@@ -179,6 +223,7 @@ class FederatedDataModule(L.LightningDataModule):
         val_size: float = 0,
         val_seed: int = 0,
         public_size: float = 0,
+        augment: Augment | None = None,
     ):
         super().__init__()
         if not public_size >= 0:
@@ -200,6 +245,10 @@ class FederatedDataModule(L.LightningDataModule):
         self.download = bool(download)
         self.val_size, self.val_seed = val_size, int(val_seed)
         self.public_size = public_size
+        if augment is not None and not callable(augment):
+            raise ValueError(f"data.augment: must be a callable transform (e.g. a torchvision.transforms.v2 "
+                             f"transform) or null, got {type(augment).__name__}")
+        self.augment = augment
         self.x_public: Tensor | None = None
         self.x_val: Tensor | None = None
         self.y_val: Tensor | None = None
@@ -371,6 +420,7 @@ class FederatedDataModule(L.LightningDataModule):
         batch of a single sample is dropped (BatchNorm cannot train on one sample; with shuffling
         it is a different sample each epoch)."""
         dataset = self.client_dataset(cid)
+        dataset.augment = self.augment
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -386,12 +436,13 @@ class FederatedDataModule(L.LightningDataModule):
         samples and drop rule as :meth:`client_dataloader`."""
         if not 0 <= cid < self.num_clients:
             raise ValueError(f"client id: must be in [0, {self.num_clients}), got {cid}")
-        return ShuffledEpochs(self.x_train, self.y_train, self.client_indices[cid], self.batch_size, generator)
+        return ShuffledEpochs(self.x_train, self.y_train, self.client_indices[cid], self.batch_size, generator,
+                              self.augment)
 
     def train_dataloader(self) -> DataLoader:
         """All training data (centralised training; not used by the federated loop)."""
         return DataLoader(
-            IndexedTensors(self.x_train, self.y_train), batch_size=self.batch_size, shuffle=True,
+            IndexedTensors(self.x_train, self.y_train, augment=self.augment), batch_size=self.batch_size, shuffle=True,
             collate_fn=collate_batch,
         )
 

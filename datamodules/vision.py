@@ -2,7 +2,7 @@
 
 The torchvision datasets read the genuine files under ``root`` (``root/MNIST/raw`` IDX files,
 ``root/cifar-10-batches-py`` pickles, ...) and download them there when ``download=True``.
-No data augmentation (the FedMR / FedCross experiments use none); inputs are normalised with
+No data augmentation by default (the FedMR / FedCross experiments use none; see ``augment``); inputs are normalised with
 the usual per-channel statistics.
 """
 
