@@ -1,7 +1,9 @@
 """Federated datamodules: datasets with a partition into clients (shipped ones in memory, or a
-user's own Dataset / LightningDataModule through :mod:`datamodules.wrap`). Independent of flcore."""
+user's own Dataset / LightningDataModule through :mod:`datamodules.wrap`, a Hugging Face dataset
+through Flower's FederatedDataset in :mod:`datamodules.flower`). Independent of flcore."""
 
 from datamodules.base import DatasetNotFoundError, FederatedDataModule, IndexedTensors
+from datamodules.flower import FromFederatedDataset
 from datamodules.leaf import FEMNIST, LeafDataModule, Natural, Sent140, Shakespeare
 from datamodules.partition import (
     IID,
@@ -22,6 +24,6 @@ __all__ = [
     "Partitioner", "IID", "Dirichlet", "Shards", "ClassesPerClient", "QuantitySkew", "FlwrPartitioner",
     "label_distribution",
     "Digits", "MNIST", "FashionMNIST", "CIFAR10", "CIFAR100",
-    "FromDatasets", "FromDataModule", "Pairs", "DatasetEpochs",
+    "FromDatasets", "FromDataModule", "FromFederatedDataset", "Pairs", "DatasetEpochs",
     "LeafDataModule", "Natural", "FEMNIST", "Shakespeare", "Sent140",
 ]

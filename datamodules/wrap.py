@@ -17,7 +17,7 @@ these pay the dataset's per-item ``__getitem__`` and collation.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import lightning as L
 import numpy as np
@@ -40,14 +40,17 @@ class Pairs(Dataset):
         dataset: a map-style dataset (``__len__`` and ``__getitem__``).
         input_key: the input field of mapping items.
         label_key: the label field of mapping items.
+        transform: applied to each item's input before it is made a tensor (e.g. a PIL image to
+            a ``(C, H, W)`` float tensor), or ``None``.
 
     Raises:
         TypeError: (on reading an item) an input that is not a tensor or array, e.g. a PIL image
             left without a ``ToImage``/``ToTensor`` transform.
     """
 
-    def __init__(self, dataset: Dataset, input_key: str = "x", label_key: str = "label"):
-        self.dataset, self.input_key, self.label_key = dataset, input_key, label_key
+    def __init__(self, dataset: Dataset, input_key: str = "x", label_key: str = "label",
+                 transform: Callable | None = None):
+        self.dataset, self.input_key, self.label_key, self.transform = dataset, input_key, label_key, transform
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -55,10 +58,13 @@ class Pairs(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
         item = self.dataset[i]
         x, y = (item[self.input_key], item[self.label_key]) if isinstance(item, Mapping) else (item[0], item[1])
+        if self.transform is not None:
+            x = self.transform(x)
         if not isinstance(x, Tensor):
             if not isinstance(x, (np.ndarray, list, tuple)):
                 raise TypeError(f"data: item {i} has an input of type {type(x).__name__}; give the dataset a transform "
-                                f"that returns a tensor (e.g. torchvision.transforms.v2.ToImage + ToDtype)")
+                                f"(or set data.transform) that returns a tensor (e.g. torchvision.transforms.v2."
+                                f"ToImage + ToDtype)")
             x = torch.as_tensor(np.asarray(x))
         return x, torch.as_tensor(int(y), dtype=torch.long)
 
@@ -124,6 +130,9 @@ class FromDatasets(FederatedDataModule):
             plus one).
         input_key: the input field of mapping items (Hugging Face rows).
         label_key: the label field of mapping items.
+        transform: a per-item input transform for both datasets (for data whose items cannot
+            carry one, e.g. Hugging Face rows of PIL images:
+            ``v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])``), or ``None``.
         num_workers: DataLoader worker processes reading a client's epoch and the evaluation
             sets (0: in the training process).
         num_clients: as in ``FederatedDataModule``, like ``partition``, ``batch_size``,
@@ -141,6 +150,7 @@ class FromDatasets(FederatedDataModule):
         num_classes: int | None = None,
         input_key: str = "x",
         label_key: str = "label",
+        transform: Callable | None = None,
         num_workers: int = 0,
         num_clients: int = 100,
         partition: Partitioner | None = None,
@@ -160,7 +170,11 @@ class FromDatasets(FederatedDataModule):
             raise ValueError(f"data.num_classes: must be >= 1 or null (from the labels), got {num_classes}")
         self.train, self.test = train, test
         self.requested_classes = num_classes
+        if transform is not None and not callable(transform):
+            raise ValueError(f"data.transform: must be a callable (e.g. a torchvision.transforms.v2 transform) or "
+                             f"null, got {type(transform).__name__}")
         self.input_key, self.label_key, self.num_workers = input_key, label_key, int(num_workers)
+        self.transform = transform
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
         self.val_set: Dataset | None = None
@@ -179,7 +193,7 @@ class FromDatasets(FederatedDataModule):
         """Read the labels, carve the held-out sets, compute the partition (once)."""
         if self.train_labels is not None:
             return
-        train, test = (Pairs(d, self.input_key, self.label_key) for d in self.datasets())
+        train, test = (Pairs(d, self.input_key, self.label_key, self.transform) for d in self.datasets())
         if len(train) == 0 or len(test) == 0:
             raise ValueError(f"data: the {'train' if len(train) == 0 else 'test'} dataset is empty")
         labels, test_labels = train.labels(), test.labels()

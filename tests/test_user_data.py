@@ -148,7 +148,8 @@ class _Strings(TensorDataset):
     (lambda: FromDatasets(_tensors("train"), _tensors("test"), num_classes=5, **SPLIT),
      "data.num_classes: 5 does not cover label 9"),
     (lambda: FromDatasets(_tensors("train"), _Strings(torch.zeros(3)), **SPLIT),
-     "data: item 0 has an input of type str; give the dataset a transform that returns a tensor"),
+     "data: item 0 has an input of type str; give the dataset a transform (or set data.transform) that returns "
+     "a tensor"),
     (lambda: FromDatasets(_tensors("train"), TensorDataset(torch.zeros(0), torch.zeros(0)), **SPLIT),
      "data: the test dataset is empty"),
 ])
