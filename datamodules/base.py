@@ -14,6 +14,7 @@ import hashlib
 import os
 from abc import abstractmethod
 from contextlib import contextmanager
+from pathlib import Path
 from collections.abc import Callable, Mapping, Sequence
 
 import lightning as L
@@ -353,6 +354,18 @@ class FederatedDataModule(L.LightningDataModule):
     def has_val(self) -> bool:
         """Whether a validation set was carved (after :meth:`setup`)."""
         return self.x_val is not None
+
+    def prepare_net(self, net: torch.nn.Module) -> None:
+        """Data-dependent initialisation of a freshly built ``net`` before round 1 (e.g.
+        Sent140's GloVe embeddings); nothing by default.
+
+        Raises:
+            ValueError: (overrides) a net this data cannot initialise.
+        """
+
+    def save_artifacts(self, directory: Path) -> None:
+        """Write what a run folder needs to read its records besides the weights (e.g. Sent140's
+        vocabulary); nothing by default."""
 
     @property
     def client_sizes(self) -> list[int]:

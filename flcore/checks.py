@@ -27,6 +27,7 @@ from flcore.local import DEFAULT_LOCAL, quiet_lightning
 from flcore.strategies.base import HeterogeneousStrategy, Strategy
 from flcore.strategies.fedprox import FedProx
 from lightning_modules.client import ClientModule
+from lightning_modules.models.protocols import IntermediateNet, ModelFamily
 from lightning_modules.plain import PlainClient
 
 if TYPE_CHECKING:
@@ -299,15 +300,15 @@ def check_architectures(trainer: FederatedTrainer, model, datamodule) -> tuple[d
     """
     names = list(trainer.architectures if trainer.architectures is not None
                  else dict.fromkeys(trainer.client_architectures or []))
-    family = getattr(model.net, "ARCHITECTURES", None)
-    if family is None or not hasattr(model, "for_architecture"):
+    if not (isinstance(model.net, ModelFamily) and isinstance(model, ClientModule)):
         raise ConfigError(f"model.net: {type(model.net).__name__} is not a model family; trainer.architectures needs "
                           f"one such as lightning_modules.models.HeteroResNet")
     if not names:
         raise ConfigError("trainer.architectures: must list at least one architecture")
     for name in names:
-        if name not in family:
-            raise ConfigError(f"trainer.architectures: must be names from {list(family)}, got {name!r}")
+        if name not in model.net.ARCHITECTURES:
+            raise ConfigError(f"trainer.architectures: must be names from {list(model.net.ARCHITECTURES)}, "
+                              f"got {name!r}")
     n = datamodule.num_clients
     if trainer.client_architectures is not None:
         if len(trainer.client_architectures) != n:
@@ -331,7 +332,7 @@ def check_architectures(trainer: FederatedTrainer, model, datamodule) -> tuple[d
         check_net(module, datamodule)
     if trainer.strategy.exchanges_features:
         check_feature_shapes(modules, datamodule)
-    if trainer.strategy.needs_public_data and getattr(datamodule, "x_public", None) is None:
+    if trainer.strategy.needs_public_data and datamodule.x_public is None:
         raise ConfigError(f"data.public_size: {type(trainer.strategy).__name__} distils on unlabelled server-held data; "
                           f"set a fraction in (0, 1) or a count >= 1, e.g. 0.05")
     return modules, client_arch
@@ -346,7 +347,7 @@ def check_feature_shapes(modules: dict[str, L.LightningModule], datamodule) -> N
     shapes = {}
     for name, module in modules.items():
         net = module.net
-        if not (hasattr(net, "extractor") and hasattr(net, "intermediate")):
+        if not isinstance(net, IntermediateNet):
             raise ConfigError(f"model.net: FedIN needs extractor / intermediate / classifier sub-modules "
                               f"(e.g. lightning_modules.models.HeteroResNet); {type(net).__name__} has none")
         was = net.training

@@ -34,7 +34,7 @@ def evaluate_global(runner: LocalRunner, models: dict[str | None, dict[str, torc
     ``with_val``; with several architectures, those of each (``global/test_acc/<arch>``, ...) and
     their unweighted mean."""
     splits = [("test", runner.datamodule.test_dataloader)]
-    if with_val and getattr(runner.datamodule, "has_val", False):
+    if with_val and runner.datamodule.has_val:
         splits.append(("val", runner.datamodule.val_dataloader))
     hetero = None not in models
     out: dict[str, float] = {}

@@ -186,6 +186,7 @@ class FederatedTrainer:
         self.model_stats_every = model_stats_every
         self.bn_policy = bn_policy
         self.client_state_mb = client_state_mb
+        self._wall_before, self._t0 = 0.0, None  # wall seconds of earlier sessions; this session's start
         self.client_store: ClientStateStore | None = None  # set by fit
         self._parked: ParkedModels | None = None  # set by fit: this round's dispatched models lent to results
         self._bn_keys: dict[str | None, list[str]] = {}  # per architecture, for bn_policy != average
@@ -228,6 +229,7 @@ class FederatedTrainer:
             self.run_config = python_run_config(self, model, datamodule, seed)
         start, state, version, ckpt = 0, None, None, None
         self.run_id = uuid.uuid4().hex[:12]
+        self._wall_before, self._t0 = 0.0, None
         if ckpt_path:
             path = resolve_ckpt_path(ckpt_path, Path(self.log_dir) / self.name)
             ckpt = load_resume_checkpoint(path)
@@ -248,13 +250,11 @@ class FederatedTrainer:
         if ckpt_path:
             self.sampler.load_state_dict(ckpt.get("sampler", {}))
         if state is None:
-            prepare = getattr(datamodule, "prepare_net", None)  # data-dependent init, e.g. GloVe embeddings
-            if prepare is not None:
-                try:
-                    for module in runner.modules.values():
-                        prepare(module.net)
-                except (ValueError, OSError) as err:
-                    raise ConfigError(str(err)) from None
+            try:  # data-dependent initialisation, e.g. Sent140's GloVe embeddings
+                for module in runner.modules.values():
+                    datamodule.prepare_net(module.net)
+            except (ValueError, OSError) as err:
+                raise ConfigError(str(err)) from None
             if hetero:  # one initial model per architecture
                 init = {a: {k: v.detach().to("cpu", copy=True) for k, v in m.net.state_dict().items()}
                         for a, m in runner.modules.items()}
@@ -271,8 +271,7 @@ class FederatedTrainer:
         if start == 0:
             logger.log_hyperparams(hparams(self.strategy, self.rounds, self.clients_per_round, self.local, seed, datamodule, self.run_config))
         write_config(self.run_dir, self.run_config)
-        if hasattr(datamodule, "save_artifacts"):  # e.g. Sent140's vocabulary
-            datamodule.save_artifacts(self.run_dir)
+        datamodule.save_artifacts(self.run_dir)  # e.g. Sent140's vocabulary
         if start == 0:
             draw_partition(self.run_dir, datamodule, logger)
         t0 = time.perf_counter()
@@ -499,7 +498,7 @@ class FederatedTrainer:
                                   run_id=self.run_id)
 
     def _wall_total(self) -> float:
-        return getattr(self, "_wall_before", 0.0) + (time.perf_counter() - self._t0 if hasattr(self, "_t0") else 0.0)
+        return self._wall_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0)
 
 
 def _classes_from_data(modules: dict, datamodule) -> None:

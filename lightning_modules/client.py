@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from lightning_modules.models.protocols import ModelFamily, num_classes_of
 
 __all__ = ["ClientModule", "EarlierEpoch", "default_optimizer"]
 
@@ -94,7 +95,7 @@ class ClientModule(L.LightningModule):
         self.net = net
         self.optimizer_factory = optimizer
         self.channels_last = bool(channels_last)
-        num_classes = int(getattr(net, "num_classes", 0)) or None
+        num_classes = num_classes_of(net)
         self.num_classes = num_classes
         self.loss_mean = MeanMetric()
         self.acc = MulticlassAccuracy(num_classes=num_classes or 2, average="micro")
@@ -131,7 +132,7 @@ class ClientModule(L.LightningModule):
         Raises:
             ValueError: the net is not a model family, or ``arch`` is not a member.
         """
-        if not hasattr(self.net, "with_architecture"):
+        if not isinstance(self.net, ModelFamily):
             raise ValueError(f"model.net: {type(self.net).__name__} has no architectures; heterogeneous runs need a "
                              f"model family such as lightning_modules.models.HeteroResNet")
         clone = copy.deepcopy(self)

@@ -11,6 +11,7 @@ from torch import nn
 
 from lightning_modules.client import ClientModule, default_optimizer
 from lightning_modules.models.generator import FeatureGenerator
+from lightning_modules.models.protocols import SplitNet
 
 __all__ = ["FedGenModule", "check_feature_split"]
 
@@ -18,7 +19,7 @@ __all__ = ["FedGenModule", "check_feature_split"]
 def check_feature_split(net: nn.Module) -> None:
     """Raise ``ValueError`` unless ``net`` has ``features``, ``feature_dim`` and a single-Linear
     ``classifier`` ending the state_dict (what FedGen's generator and server need)."""
-    if not all(hasattr(net, a) for a in ("features", "classifier", "feature_dim", "num_classes")):
+    if not isinstance(net, SplitNet):
         raise ValueError("model.net: FedGen needs a network with a feature/classifier split "
                          "(features(), classifier(), feature_dim, num_classes), e.g. lightning_modules.models.CNN")
     last = [v for v in net.state_dict().values() if v.dim() == 2][-1]

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lightning_modules.client import default_optimizer
 from lightning_modules.fedprox import FedProxModule
+from lightning_modules.models.protocols import IntermediateNet
 
 __all__ = ["FedINModule", "corrected_in_gradient", "CORRECTIONS", "add_feature_noise"]
 
@@ -125,7 +126,7 @@ class FedINModule(FedProxModule):
         self._upload_x: Tensor | None = None
 
     def check_local_config(self, local: dict[str, Any]) -> None:
-        if not (hasattr(self.net, "extractor") and hasattr(self.net, "intermediate")):
+        if not isinstance(self.net, IntermediateNet):
             raise ValueError("model.net: FedIN needs extractor / intermediate / classifier sub-modules "
                              "(e.g. lightning_modules.models.HeteroResNet)")
         if local.get("accumulate_grad_batches", 1) != 1:

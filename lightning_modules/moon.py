@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from lightning.pytorch.cli import OptimizerCallable
 
 from lightning_modules.client import ClientModule, default_optimizer
+from lightning_modules.models.protocols import FeatureNet, ModelFamily
 
 __all__ = ["MoonModule", "MoonNet", "moon_contrastive_loss"]
 
@@ -38,8 +39,8 @@ class MoonNet(nn.Module):
 
     def __init__(self, base: nn.Module, projection_dim: int = 256):
         super().__init__()
-        if not hasattr(base, "features") or not hasattr(base, "feature_dim"):
-            raise ValueError("model.net: MOON needs a network with features() and feature_dim "
+        if not isinstance(base, FeatureNet):
+            raise ValueError("model.net: MOON needs a network with features(), feature_dim and num_classes "
                              "(lightning_modules.models.CNN, ResNet20, VGG16)")
         self.base = base
         self.l1 = nn.Linear(base.feature_dim, base.feature_dim)
@@ -48,7 +49,7 @@ class MoonNet(nn.Module):
         self.num_classes = base.num_classes
         self.feature_dim = projection_dim
         self.projection_dim = projection_dim
-        if hasattr(base, "ARCHITECTURES"):  # a model family: heterogeneous-model runs
+        if isinstance(base, ModelFamily):  # heterogeneous-model runs
             self.ARCHITECTURES = base.ARCHITECTURES
 
     def with_architecture(self, arch: str) -> MoonNet:

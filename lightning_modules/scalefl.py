@@ -11,6 +11,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from lightning_modules.client import ClientModule, default_optimizer
+from lightning_modules.models.protocols import EarlyExitNet
 
 __all__ = ["ScaleFLModule", "exit_loss"]
 
@@ -62,7 +63,7 @@ class ScaleFLModule(ClientModule):
 
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False,
                  kd_gamma: float = 0.05, temperature: float = 3.0, kd_start_round: int = 0):
-        if not hasattr(net, "exit_logits"):
+        if not isinstance(net, EarlyExitNet):
             raise ValueError(f"model.net: ScaleFL needs a network with early exits (exit_logits), such as "
                              f"lightning_modules.models.ScaleFLResNet, got {type(net).__name__}")
         if kd_gamma < 0:

@@ -1,6 +1,7 @@
 """Networks of the papers' experiments. Each exposes ``features(x)`` and ``classifier(h)``
 besides ``forward``, and ``feature_dim`` (width of ``features``) and ``num_classes``, so that
-representation-based objectives (MOON, FedGen) can use them."""
+representation-based objectives (MOON, FedGen) can use them; the capabilities are declared in
+:mod:`lightning_modules.models.protocols`."""
 
 from lightning_modules.models.cnn import CNN
 from lightning_modules.models.lenet import LeNetCNN
