@@ -5,7 +5,7 @@ momentum 0.5, the data in host memory (each mini-batch copied to the device, as 
 
 1. ``round``: for the LeNet CNN, the FedAvg CNN, ResNet-20 and VGG-16, with AMP (bf16 autocast,
    ``precision: bf16-mixed``) and channels-last: flcore's trainer round
-   (``FederatedTrainer._round`` with the sequential executor and ``accelerator: gpu``) against a
+   (``flcore.round.run_round`` with the sequential executor and ``accelerator: gpu``) against a
    hand-written PyTorch round on the same clients (load the global weights, a fresh SGD, E epochs
    of mini-batches, sample-weighted average), alternating, median over rounds. Prints
    samples/s of both and the ratio hand / flcore (1.0 = as fast as the hand loop).

@@ -372,12 +372,13 @@ def hand_round(net, dm, clients, state, epochs, channels_last, **device_options)
 
 
 def _flcore_round_driver(dm, make, k, epochs, cl, executor=None, local=None, general=False):
-    """flcore's own trainer round (``FederatedTrainer._round``: sampling, configure_fit, the
+    """flcore's own trainer round (``flcore.round.run_round``: sampling, configure_fit, the
     executor, failure policy, aggregation, round metrics; evaluation excluded), set up as ``fit``
     sets it up; ``local`` adds local Trainer options (e.g. ``accelerator``, ``precision``);
     ``general``: the net in a plain LightningModule (:class:`PlainClassifier`, the general path)
     instead of ``ClientModule`` (the fast path). Returns (run_round(r) -> clients, close)."""
     from flcore.client_store import ClientStateStore
+    from flcore.round import run_round as flcore_round
     from flcore.seeding import STREAM_SAMPLER, round_rng
     from flcore.strategies import FedAvg
     from flcore.trainer import FederatedTrainer
@@ -393,7 +394,7 @@ def _flcore_round_driver(dm, make, k, epochs, cl, executor=None, local=None, gen
     store = ClientStateStore(tempfile.mkdtemp(prefix="flcore_speed_"))  # FedAvg keeps no client state
 
     def run_round(r):
-        box["state"], _ = trainer._round(r, box["state"], store, runner, dm, 0)
+        box["state"], _ = flcore_round(trainer, r, box["state"], store, runner, dm, 0)
         return trainer.sampler.sample(r, dm.num_clients, k, round_rng(0, r, STREAM_SAMPLER))
 
     return run_round, trainer.executor.close

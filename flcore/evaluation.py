@@ -9,16 +9,22 @@ Metric names: ``global/<split>_acc`` and ``global/<split>_loss``, per architectu
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from flcore.checkpoint import load_checkpoint, resolve_ckpt_path
+from flcore.checks import check_architectures, check_datamodule
+from flcore.errors import ConfigError
 from flcore.local import LocalRunner
 from flcore.strategies.base import Strategy
 from flcore.metric_names import GLOBAL, global_metric
+from lightning_modules.plain import as_client
 
-__all__ = ["global_models", "evaluate_global", "evaluate_clients", "client_accuracy_stats"]
+__all__ = ["global_models", "evaluate_global", "evaluate_clients", "client_accuracy_stats", "classes_from_data",
+           "evaluate_checkpoint"]
 
 
 def global_models(strategy: Strategy, state: Any, hetero: bool) -> dict[str | None, dict[str, torch.Tensor]]:
@@ -92,3 +98,48 @@ def client_accuracy_stats(accs: np.ndarray) -> dict[str, float]:
     worst = a[: max(1, math.ceil(0.1 * len(a)))]
     return {"clients/test_acc_mean": float(a.mean()), "clients/test_acc_std": float(a.std()),
             "clients/test_acc_min": float(a[0]), "clients/test_acc_worst10": float(worst.mean())}
+
+
+def classes_from_data(modules: dict, datamodule) -> None:
+    """Evaluate a net that declares no ``num_classes`` over the data's classes (its ``(B, C)``
+    outputs are checked against them before training)."""
+    for module in modules.values():
+        if module.num_classes is None:
+            module.set_num_classes(datamodule.num_classes)
+
+
+def evaluate_checkpoint(trainer, model, datamodule, ckpt_path: str | None, stage: str) -> dict[str, float]:
+    """``flcore validate|test``: the global model(s) of a checkpoint of ``trainer``'s run
+    (``"last"`` or ``None``: the newest under ``log_dir/name``) on the global test set.
+
+    Returns:
+        ``{"test_acc": float, "test_loss": float, ...}`` (per architecture too in heterogeneous
+        runs), also printed on one line.
+
+    Raises:
+        ConfigError: no such checkpoint, data that cannot be set up, or a checkpoint that does not
+            match the config's strategy or model.
+    """
+    check_datamodule(datamodule)
+    ckpt = load_checkpoint(resolve_ckpt_path(ckpt_path or "last", Path(trainer.log_dir) / trainer.name))
+    try:
+        datamodule.setup(stage)
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(str(err)) from None
+    trainer._modules = None
+    model = as_client(model)
+    if trainer.architectures is not None or trainer.client_architectures is not None:
+        trainer._modules, trainer._client_arch = check_architectures(trainer, model, datamodule)
+        trainer.strategy.bind(trainer._client_arch)
+    classes_from_data(trainer._modules or {None: model}, datamodule)
+    runner = LocalRunner(trainer._modules if trainer._modules is not None else model, datamodule, trainer.local, 0,
+                         trainer.callbacks)
+    try:
+        result = evaluate_global(runner, trainer._global_models(ckpt["strategy_state"]), stage, with_val=False)
+        result = {k.removeprefix(GLOBAL): v for k, v in result.items()}
+    except (KeyError, RuntimeError) as err:
+        raise ConfigError(
+            f"ckpt_path: checkpoint does not match this config's strategy / model ({str(err).splitlines()[0][:100]})"
+        ) from None
+    print(f"flcore {stage}: round {ckpt['round']}  " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    return result

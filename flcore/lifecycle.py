@@ -1,7 +1,7 @@
 """A run's lifecycle around the round loop: what it writes into its folder (config, hyperparameters,
 partition picture, summary), the resume rules, and reading checkpoints of earlier versions.
 
-Pure functions of their arguments (the trainer passes what they need), so the round loop in
+Functions of their arguments (the trainer passes itself or what they need), so the round loop in
 :mod:`flcore.trainer` stays the round loop.
 """
 
@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from flcore.checkpoint import load_resume_checkpoint, resolve_ckpt_path, save_checkpoint
+from flcore.client_store import checkpoint_manifest, open_store
+from flcore.dispatched import ParkedModels
 from flcore.config_record import flatten
 from flcore.errors import ConfigError
-from flcore.results import select_best
+from flcore.evaluation import client_accuracy_stats, evaluate_clients
+from flcore.results import select_best, write_metrics_csv, write_results_json
 from flcore.metric_names import TEST_ACC
 
 __all__ = ["client_states", "hparams", "write_config", "experiment_fields", "check_resume", "draw_partition",
+           "save_run", "write_run_results", "resume_point", "initial_state", "open_run_folder",
+           "record_round", "finish_run",
            "summarize_run"]
 
 
@@ -156,3 +165,126 @@ def summarize_run(history: list[dict[str, float]], wall: float, run_dir: Path | 
     print(f"flcore: {strategy_name} finished {len(history)} rounds in {wall:.1f} s: "
           f"{', '.join(parts)}; logs in {run_dir}")
     return summary
+
+
+def save_run(trainer, completed_rounds: int, state: dict[str, Any], datamodule, version) -> Path:
+    """Checkpoint ``trainer``'s run after ``completed_rounds`` rounds (atomically, as
+    ``checkpoints/round_<n>.ckpt`` and ``last.ckpt``; the oldest beyond ``keep_checkpoints``
+    removed, with the client states no checkpoint names any more). Returns the round's path."""
+    payload = {
+        "round": completed_rounds,
+        "run_id": trainer.run_id,
+        "strategy_state": state,
+        "client_store": trainer.client_store.snapshot(),
+        "sampler": trainer.sampler.state_dict(),
+        "history": trainer.history,
+        "partition_checksum": datamodule.partition_checksum(),
+        "version": version,
+        "experiment": experiment_fields(trainer.run_config) if trainer.run_config is not None else None,
+        "wall_time_s": trainer._wall_total(),
+    }
+    path = save_checkpoint(payload, trainer.run_dir / "checkpoints" / f"round_{completed_rounds:05d}.ckpt",
+                           keep_last=trainer.keep_checkpoints)
+    trainer.client_store.collect_garbage([checkpoint_manifest(p) for p in path.parent.glob("round_*.ckpt")])
+    return path
+
+
+def write_run_results(trainer, seed: int, status: str) -> dict[str, Any]:
+    """Write ``trainer``'s ``results.json`` (:func:`flcore.results.write_results_json`) with
+    ``status`` (``finished``, ``out_of_time``, ``interrupted`` or ``failed``); returns the record."""
+    return write_results_json(trainer.run_dir / "results.json", history=trainer.history, config=trainer.run_config,
+                              seed=seed, status=status, wall_time_s=trainer._wall_total(),
+                              report_best_test=trainer.report_best_test, rounds_planned=trainer.rounds,
+                              run_id=trainer.run_id)
+
+
+def resume_point(trainer, ckpt_path: str | None, datamodule) -> tuple[int, dict | None, int | None, dict | None]:
+    """Where ``trainer``'s run starts: ``(completed rounds, strategy state, run-folder version,
+    checkpoint)``, all ``(0, None, None, None)`` for a new run. A resume (``ckpt_path``, ``"last"``
+    for the newest under ``log_dir/name``) restores the run id, the history and the wall time of
+    the earlier sessions into ``trainer``.
+
+    Raises:
+        ConfigError: no such checkpoint, or one that does not belong to this config or data
+            (:func:`check_resume`).
+    """
+    trainer.run_id = uuid.uuid4().hex[:12]
+    trainer._wall_before, trainer._t0 = 0.0, None
+    if not ckpt_path:
+        return 0, None, None, None
+    path = resolve_ckpt_path(ckpt_path, Path(trainer.log_dir) / trainer.name)
+    ckpt = load_resume_checkpoint(path)
+    check_resume(ckpt, trainer.rounds, trainer.run_config, datamodule, path)
+    trainer.run_id = ckpt.get("run_id") or trainer.run_id
+    trainer.history = list(ckpt.get("history", []))
+    trainer._wall_before = float(ckpt.get("wall_time_s", 0.0))
+    return ckpt["round"], ckpt["strategy_state"], ckpt.get("version"), ckpt
+
+
+def initial_state(trainer, runner, datamodule) -> dict[str, Any]:
+    """The strategy's state at round 0, from the freshly built nets (after the data's own
+    initialisation of them, e.g. Sent140's GloVe embeddings): one model, or one per
+    architecture in heterogeneous runs.
+
+    Raises:
+        ConfigError: the data cannot initialise the net.
+    """
+    try:
+        for module in runner.modules.values():
+            datamodule.prepare_net(module.net)
+    except (ValueError, OSError) as err:
+        raise ConfigError(str(err)) from None
+    init = {a: {k: v.detach().to("cpu", copy=True) for k, v in m.net.state_dict().items()}
+            for a, m in runner.modules.items()}
+    if trainer._modules is None:  # one model
+        init = next(iter(init.values()))
+    return trainer.strategy.initialize(init, trainer.clients_per_round, num_clients=datamodule.num_clients)
+
+
+def open_run_folder(trainer, start: int, version: int | None, ckpt: dict | None, seed: int, datamodule):
+    """Open the run folder ``log_dir/name/version_N`` (a resume reopens its own and drops the
+    TensorBoard events of rounds after its checkpoint, which are redone), its client-state store
+    and parked-model folder; a new run logs its hyperparameters and draws its partition. Writes
+    ``config.yaml`` and the data's artifacts. Returns the TensorBoard logger."""
+    tb_kwargs = {"purge_step": start + 1} if start else {}
+    logger = TensorBoardLogger(trainer.log_dir, name=trainer.name, version=version, default_hp_metric=False,
+                               **tb_kwargs)
+    trainer.run_dir = Path(logger.log_dir)
+    trainer.client_store = open_store(trainer.run_dir, trainer.client_state_mb, ckpt, start)
+    trainer._parked = ParkedModels(trainer.run_dir / ".dispatched")
+    if start == 0:
+        logger.log_hyperparams(hparams(trainer.strategy, trainer.rounds, trainer.clients_per_round, trainer.local, seed,
+                                       datamodule, trainer.run_config))
+    write_config(trainer.run_dir, trainer.run_config)
+    datamodule.save_artifacts(trainer.run_dir)  # e.g. Sent140's vocabulary
+    if start == 0:
+        draw_partition(trainer.run_dir, datamodule, logger)
+    return logger
+
+
+def record_round(trainer, runner, logger, completed: int, state: dict[str, Any], metrics: dict[str, float],
+                 last: bool) -> None:
+    """The records of the round that completed ``completed`` rounds: the per-client evaluation
+    when due (every ``client_eval_every`` rounds and the ``last``), then the history,
+    TensorBoard and ``metrics.csv``. Adds the client figures to ``metrics``."""
+    every = trainer.client_eval_every
+    if every and (completed % every == 0 or completed == trainer.rounds or last):
+        accs = evaluate_clients(runner, trainer._global_models(state), trainer._client_arch, trainer.client_test_size,
+                                dict(trainer.client_store.items("bn")))
+        metrics.update(client_accuracy_stats(accs))
+        logger.experiment.add_histogram("clients/test_acc", accs, global_step=completed)
+    trainer.history.append({"round": completed, **metrics})
+    logger.log_metrics(metrics, step=completed)
+    write_metrics_csv(trainer.run_dir / "metrics.csv", trainer.history)
+
+
+def finish_run(trainer, logger, seed: int, status: str, datamodule) -> None:
+    """Close a run that ended without an error: ``results.json`` with ``status``, the final
+    metrics on TensorBoard's HPARAMS tab, the logger finalised."""
+    record = write_run_results(trainer, seed, status)
+    best_val = record["test_acc_at_best_val"]
+    logger.log_hyperparams(hparams(trainer.strategy, trainer.rounds, trainer.clients_per_round, trainer.local, seed,
+                                   datamodule, trainer.run_config),
+                           metrics={"hp/final_test_acc": (record["final"] or {}).get(TEST_ACC, math.nan),
+                                    "hp/test_acc_at_best_val": best_val if best_val is not None else math.nan})
+    logger.finalize("success")

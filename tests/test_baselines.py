@@ -201,7 +201,7 @@ def test_trainer_keeps_and_checkpoints_client_states(tmp_path, strategy, module,
 def test_old_checkpoints_client_states_move_to_the_trainer(tmp_path):
     """Checkpoints written when the strategy kept client states (``strategy_state["clients"]``)
     resume with those states as the trainer's."""
-    from flcore.trainer import _client_states
+    from flcore.lifecycle import client_states as _client_states
 
     old = {"round": 3, "strategy_state": {"global": {"w": torch.zeros(2)}, "clients": {2: {"c_i": {"w": torch.ones(2)}}}}}
     save_checkpoint(old, tmp_path / "round_00003.ckpt")

@@ -9,7 +9,8 @@ import torch
 from lightning import seed_everything
 
 import flcore.local
-import flcore.trainer
+import flcore.lifecycle
+import flcore.round
 from datamodules import Digits
 from flcore import FederatedTrainer
 from flcore import interrupts
@@ -50,9 +51,9 @@ def _send_once(sig, calls, when):
 POINTS = {
     "local_training": (flcore.local, "_seed_local_rng", 5, signal.SIGINT, 1),       # round 2, second client
     "aggregation": (FedCross, "aggregate_fit", 2, signal.SIGTERM, 2),                 # round 2's aggregation
-    "evaluation": (flcore.trainer, "evaluate_global", 2, signal.SIGINT, 2),         # round 2's test
-    "checkpoint_write": (flcore.trainer, "save_checkpoint", 2, signal.SIGTERM, 2),    # during round 2's checkpoint
-    "after_checkpoint": (flcore.trainer, "save_checkpoint", -2, signal.SIGINT, 2),    # just after it
+    "evaluation": (flcore.round, "evaluate_global", 2, signal.SIGINT, 2),         # round 2's test
+    "checkpoint_write": (flcore.lifecycle, "save_checkpoint", 2, signal.SIGTERM, 2),    # during round 2's checkpoint
+    "after_checkpoint": (flcore.lifecycle, "save_checkpoint", -2, signal.SIGINT, 2),    # just after it
 }
 
 

@@ -134,7 +134,7 @@ def test_resume_never_picks_an_older_run_or_rewrites_a_finished_one(tmp_path, mo
     with pytest.raises(ConfigError, match=r"ckpt_path: .*version_0.* is a finished run \(2 rounds, trainer.rounds=2\)"):
         _digits_fit(_digits_trainer(tmp_path, 2), ckpt_path="last")
     # version_1 crashes in its first round, before any checkpoint
-    monkeypatch.setattr(FederatedTrainer, "_round", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
+    monkeypatch.setattr("flcore.trainer.run_round", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
     with pytest.raises(RuntimeError):
         _digits_fit(_digits_trainer(tmp_path, 3))
     monkeypatch.undo()

@@ -300,7 +300,7 @@ def test_client_test_sets_follow_label_distribution():
 
 
 def test_per_client_evaluation_matches_hand_computation(tmp_path):
-    from flcore.trainer import client_accuracy_stats
+    from flcore.evaluation import client_accuracy_stats
 
     dm = Digits(num_clients=10, batch_size=20, partition=Dirichlet(0.5))
     trainer = _trainer(tmp_path, rounds=2, client_eval_every=2, client_test_size=30)
