@@ -57,6 +57,39 @@ def test_ray_workers_need_no_data_of_their_own(local_ray, tmp_path):
     assert trainer.history[-1]["round/failed_clients"] == 0
 
 
+def test_ray_runs_a_users_lazy_dataset_as_the_sequential_executor_does(local_ray, tmp_path):
+    """``FromDatasets`` over a lazy file Dataset: the actors get the driver's set-up datamodule
+    from the object store, read the user's files themselves, and end bit-identical to the
+    sequential executor."""
+    import torch
+
+    from datamodules import Dirichlet, FromDatasets
+    from flcore.executors import SequentialExecutor
+    from tests.conftest import assert_same_tree
+    from tests.user_data import NpyFolder, write_npy_folder
+
+    def run(executor, name):
+        from lightning import seed_everything
+
+        seed_everything(0)
+        dm = FromDatasets(NpyFolder(write_npy_folder(tmp_path / "files", "train")),
+                          NpyFolder(write_npy_folder(tmp_path / "files", "test")), num_clients=4,
+                          partition=Dirichlet(beta=0.5), batch_size=40)
+        trainer = FederatedTrainer(strategy=FedAvg(), rounds=2, clients_per_round=4, local={"max_epochs": 1},
+                                   log_dir=str(tmp_path), name=name, executor=executor)
+        trainer.fit(ClientModule(CNN(1, 10, 8)), dm)
+        return torch.load(trainer.run_dir / "checkpoints" / "last.ckpt", weights_only=True)["strategy_state"]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the 1-thread actors' kernels
+    try:
+        sequential = run(SequentialExecutor(), "seq")
+        other = run(RayExecutor(num_workers=2, num_cpus_per_worker=1, address="auto"), "ray")
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_tree(sequential, other)
+
+
 def test_killed_ray_actor_is_a_failed_client(local_ray, tmp_path):
     dm = KillerDigits(num_clients=8, batch_size=32)
     dm.parent_pid = os.getpid()
