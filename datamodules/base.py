@@ -82,10 +82,9 @@ def augment_samples(x: Tensor, augment: Augment, seed: int | None = None) -> Ten
         ``(B, ...)`` augmented inputs (the transform may change the per-sample shape, the same
         for every sample).
     """
-    if seed is None:
-        return torch.stack([augment(sample) for sample in x])
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
         return torch.stack([augment(sample) for sample in x])
 
 
@@ -312,7 +311,7 @@ class FederatedDataModule(L.LightningDataModule):
                 without training samples.
         """
         rng = np.random.default_rng(self.seed)
-        needs = self.partition.columns if isinstance(self.partition, Partitioner) else ()
+        needs = self.partition_columns
         if needs:
             missing = [name for name in needs if name not in (columns or {})]
             if missing:
@@ -354,6 +353,12 @@ class FederatedDataModule(L.LightningDataModule):
     def has_val(self) -> bool:
         """Whether a validation set was carved (after :meth:`setup`)."""
         return self.x_val is not None
+
+    @property
+    def partition_columns(self) -> tuple[str, ...]:
+        """The per-sample columns besides the labels that the partitioner reads
+        (:attr:`Partitioner.columns`; none for a plain callable)."""
+        return self.partition.columns if isinstance(self.partition, Partitioner) else ()
 
     def prepare_net(self, net: torch.nn.Module) -> None:
         """Data-dependent initialisation of a freshly built ``net`` before round 1 (e.g.

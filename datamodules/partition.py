@@ -290,7 +290,9 @@ class FlwrPartitioner(Partitioner):
         module, _, name = self.class_path.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module), name)
-        except ImportError:
+        except ImportError as err:
+            if (err.name or "").split(".")[0] != "flwr_datasets":
+                raise
             raise ImportError("partition: FlwrPartitioner needs flwr-datasets: pip install flwr-datasets") from None
         takes = inspect.signature(cls).parameters
         kwargs = dict(self.init_args)

@@ -205,8 +205,7 @@ class FromDatasets(FederatedDataModule):
             raise ValueError(f"data.num_classes: {self.requested_classes} does not cover label {high - 1}; "
                              f"set it to >= {high} or null")
         self.num_classes = self.requested_classes or high
-        needs = self.partition.columns if isinstance(self.partition, Partitioner) else ()
-        columns = {name: values for name in needs if (values := train.column(name)) is not None}
+        columns = {name: values for name in self.partition_columns if (values := train.column(name)) is not None}
         val, pub, keep = self.held_out(len(labels))
         if keep is not None:
             if len(val):
