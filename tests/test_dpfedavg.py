@@ -15,7 +15,7 @@ from flcore.checkpoint import load_checkpoint
 from flcore.errors import ConfigError
 from flcore.messages import ClientResult
 from flcore.strategies import DPFedAvg
-from flcore.strategies.dpfedavg import clip_update, epsilon_spent, noise_multiplier_for_updates
+from flcore.functional import clip_update, epsilon_spent, noise_multiplier_for_updates
 from lightning_modules import ClientModule
 from lightning_modules.models import CNN
 

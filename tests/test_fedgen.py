@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from flcore.strategies import ClientResult, FedGen
-from flcore.strategies.fedgen import classifier_keys, teacher_weights
+from flcore.functional import classifier_keys, teacher_weights
 from lightning_modules import FedGenModule
 from lightning_modules.models import CNN, VGG16, FeatureGenerator, ResNet20
 from lightning_modules.models.generator import diversity_loss

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flcore.strategies import ClientResult, InclusiveFL
-from flcore.strategies.inclusivefl import block_of
+from flcore.functional import block_of
 
 
 def _inclusive(beta=0.5, local_top=True):
@@ -237,7 +237,7 @@ def test_scaffold_and_fednova_objectives_run_on_mixed_architectures(tmp_path):
 
 # ----------------------------------------------------------------------------- InCo Aggregation
 from flcore.strategies import HeteroFedGen, InCo, ScaleFL  # noqa: E402
-from flcore.strategies.inco import cross_layer_update, inco_reference_key  # noqa: E402
+from flcore.functional import cross_layer_update, inco_reference_key  # noqa: E402
 
 from tests.conftest import ROOT  # noqa: E402
 
@@ -430,7 +430,7 @@ def test_scalefl_cli_two_rounds_on_digits(run_cli, tmp_path):
 
 # ----------------------------------------------------------------------------- FedET
 from flcore.strategies import FedET  # noqa: E402
-from flcore.strategies.fedet import ensemble_targets  # noqa: E402
+from flcore.functional import ensemble_targets  # noqa: E402
 
 
 def test_fedet_ensemble_targets_hand_computed():

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from flcore.functional import StateDict, _check_same_keys, trained_keys
+from flcore.functional.averaging import StateDict, _check_same_keys
+from flcore.functional.geometry import trained_keys
 
 __all__ = ["coordinate_median", "trimmed_mean", "krum_scores", "krum_select", "multi_krum"]
 

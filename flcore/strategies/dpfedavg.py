@@ -8,57 +8,13 @@ from typing import Any
 
 import torch
 
-from flcore.functional import StateDict
+from flcore.functional import clip_update, epsilon_spent, noise_multiplier_for_updates
 from flcore.server_opt import ServerOptimizer
 from flcore.strategies.fedavg import FedAvg
 
-__all__ = ["DPFedAvg", "clip_update", "noise_multiplier_for_updates", "epsilon_spent"]
+__all__ = ["DPFedAvg"]
 
 
-def clip_update(update: StateDict, clip_norm: float) -> tuple[StateDict, float]:
-    """``update`` scaled to L2 norm at most ``clip_norm`` (over all its entries together), and its
-    norm before clipping (McMahan et al. 2018, Algorithm 1, ``ClipFn``)."""
-    norm = math.sqrt(sum(float(v.double().pow(2).sum()) for v in update.values()))
-    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
-    return {k: v * scale for k, v in update.items()}, norm
-
-
-def noise_multiplier_for_updates(noise_multiplier: float, count_stddev: float) -> float:
-    """The noise multiplier left for the updates when adaptive clipping also releases a noised
-    count with standard deviation ``count_stddev`` (Andrew et al. 2021, Theorem 1:
-    ``z_Delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)``), so that both together spend what ``z`` alone
-    would.
-
-    Raises:
-        ValueError: ``count_stddev`` too small for ``noise_multiplier`` (``2 sigma_b <= z``).
-    """
-    if noise_multiplier == 0:
-        return 0.0
-    rest = noise_multiplier ** -2 - (2 * count_stddev) ** -2
-    if rest <= 0:
-        raise ValueError(f"strategy.clip_count_stddev: must exceed noise_multiplier / 2 = {noise_multiplier / 2:g}, "
-                         f"got {count_stddev}")
-    return rest ** -0.5
-
-
-def epsilon_spent(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """The epsilon of ``rounds`` rounds of the subsampled Gaussian mechanism at ``delta``, from
-    Opacus's RDP accountant (``inf`` without noise; 0 before the first round).
-
-    Raises:
-        ImportError: Opacus is not installed (``pip install 'flcore[dp]'``).
-    """
-    if rounds == 0:
-        return 0.0
-    if noise_multiplier == 0:
-        return math.inf
-    try:
-        from opacus.accountants import RDPAccountant
-    except ImportError:
-        raise ImportError("DPFedAvg: privacy accounting needs Opacus: pip install 'flcore[dp]'") from None
-    accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, sample_rate, rounds)]
-    return float(accountant.get_epsilon(delta))
 
 
 class DPFedAvg(FedAvg):

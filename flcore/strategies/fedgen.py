@@ -8,31 +8,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from flcore.functional import StateDict
+from flcore.functional import StateDict, classifier_keys, ensemble_teacher_loss, teacher_weights
 from flcore.server_opt import ServerOptimizer
 from flcore.strategies.base import ClientTask
 from flcore.strategies.fedavg import FedAvg
 from lightning_modules.models.generator import FeatureGenerator, diversity_loss
 
-__all__ = ["FedGen", "GeneratorServer", "teacher_weights", "classifier_keys"]
+__all__ = ["FedGen", "GeneratorServer"]
 
 
-def classifier_keys(state: StateDict) -> tuple[str, str | None]:
-    """The classifier head's weight and bias keys: the last 2-D floating entry and the 1-D entry
-    that follows it (the networks' ``classifier`` is one Linear registered last)."""
-    keys = list(state)
-    idx = max(i for i, k in enumerate(keys) if state[k].dim() == 2 and state[k].is_floating_point())
-    bias = keys[idx + 1] if idx + 1 < len(keys) and state[keys[idx + 1]].dim() == 1 else None
-    return keys[idx], bias
-
-
-def teacher_weights(label_counts: torch.Tensor) -> torch.Tensor:
-    """``w[k, y] = n_k,y / sum_j n_j,y`` (0 where no client has label y). ``(K, C)`` -> ``(K, C)``."""
-    counts = label_counts.to(torch.float64)
-    total = counts.sum(0, keepdim=True)
-    return torch.where(total > 0, counts / total.clamp_min(1), torch.zeros_like(counts))
 
 
 class GeneratorServer:
@@ -119,9 +104,7 @@ class GeneratorServer:
         for _ in range(self.generator_steps):
             y = labels[torch.randint(len(labels), (self.generator_batch,), generator=noise)]
             z, eps = gen.sample(y, generator=noise)
-            teacher = sum((F.cross_entropy(F.linear(z, w, b), y, reduction="none") * weights[k, y]).mean()
-                          for k, (w, b) in enumerate(heads))
-            loss = teacher + self.diversity_weight * diversity_loss(eps, z)
+            loss = ensemble_teacher_loss(z, y, heads, weights) + self.diversity_weight * diversity_loss(eps, z)
             opt.zero_grad()
             loss.backward()
             opt.step()

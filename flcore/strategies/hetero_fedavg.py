@@ -5,23 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flcore.functional import StateDict, layerwise_average, weighted_average
+from flcore.functional import StateDict, layerwise_average, union_state, weighted_average
 from flcore.strategies.base import ClientResult, ClientTask, HeterogeneousStrategy
 
-__all__ = ["HeteroFedAvg", "AGGREGATIONS", "union_state"]
+__all__ = ["HeteroFedAvg", "AGGREGATIONS"]
 
 AGGREGATIONS = ("layerwise", "same_shape")
 
 
-def union_state(model_state: dict[str, StateDict]) -> StateDict:
-    """All architectures' entries in one dict; an entry several share takes the first
-    architecture's tensor (config order), so every client starts from one global model.
-    Returns references, not copies."""
-    union: StateDict = {}
-    for arch_state in model_state.values():
-        for k, v in arch_state.items():
-            union.setdefault(k, v)
-    return union
 
 
 class HeteroFedAvg(HeterogeneousStrategy):

@@ -4,25 +4,13 @@ of the deeper models' updates into the top layers of the shallower ones."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-import torch
-
-from flcore.functional import StateDict, layerwise_average, weighted_average
+from flcore.functional import StateDict, layerwise_average, local_top_keys, momentum_distill, union_state, weighted_average
 from flcore.strategies.base import ClientResult
-from flcore.strategies.hetero_fedavg import HeteroFedAvg, union_state
+from flcore.strategies.hetero_fedavg import HeteroFedAvg
 
-__all__ = ["InclusiveFL", "block_of"]
-
-_BLOCK = re.compile(r"^(?P<stage>.*layer\d+)\.(?P<block>\d+)\.(?P<rest>.+)$")
-
-
-def block_of(key: str) -> tuple[str, int, str] | None:
-    """``"intermediate.layer3.1.conv1.weight"`` -> ``("intermediate.layer3", 1, "conv1.weight")``;
-    ``None`` for keys outside a stage's blocks."""
-    m = _BLOCK.match(key)
-    return (m["stage"], int(m["block"]), m["rest"]) if m else None
+__all__ = ["InclusiveFL"]
 
 
 class InclusiveFL(HeteroFedAvg):
@@ -67,29 +55,6 @@ class InclusiveFL(HeteroFedAvg):
         union = union_state(model_state)
         return {"models": {a: {k: union[k].clone() for k in s} for a, s in model_state.items()}}
 
-    @staticmethod
-    def _depths(model: StateDict) -> dict[str, int]:
-        """Blocks per stage of a model: ``{"intermediate.layer1": 2, ...}``."""
-        depth: dict[str, int] = {}
-        for key in model:
-            parsed = block_of(key)
-            if parsed:
-                depth[parsed[0]] = max(depth.get(parsed[0], 0), parsed[1] + 1)
-        return depth
-
-    def _local_keys(self, models: dict[str, StateDict]) -> dict[str, set[str]]:
-        """Per architecture, the entries of its top blocks that the deepest model goes beyond."""
-        deepest: dict[str, int] = {}
-        for m in models.values():
-            for stage, n in self._depths(m).items():
-                deepest[stage] = max(deepest.get(stage, 0), n)
-        out: dict[str, set[str]] = {}
-        for arch, m in models.items():
-            depth = self._depths(m)
-            out[arch] = {k for k in m if (p := block_of(k)) and p[1] == depth[p[0]] - 1 < deepest[p[0]] - 1} \
-                if self.local_top else set()
-        return out
-
     def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
         if not results:
             return state
@@ -106,11 +71,11 @@ class InclusiveFL(HeteroFedAvg):
         order = sorted(models, key=lambda a: (len(models[a]), list(models).index(a)))
         for shallow, deep in zip(order, order[1:]):
             if shallow in updates and deep in updates:
-                self._distill(updates[shallow], updates[deep], models[shallow], models[deep])
+                updates[shallow] = momentum_distill(updates[shallow], updates[deep], self.beta)
         for arch in updates:  # w_a + D_a (floating entries); integer buffers: the clients' mean
             trained[arch] = {k: (models[arch][k] + updates[arch][k]) if k in updates[arch] else v
                              for k, v in trained[arch].items()}
-        local = self._local_keys(models)
+        local = local_top_keys(models) if self.local_top else {a: set() for a in models}
         sizes = {a: float(sum(r.weight for r in rs)) for a, rs in by_arch.items()}
         shared = layerwise_average([{k: v for k, v in trained[a].items() if k not in local[a]} for a in trained],
                                    [sizes[a] for a in trained])
@@ -119,15 +84,3 @@ class InclusiveFL(HeteroFedAvg):
             own = trained.get(arch, m)
             new_models[arch] = {k: shared[k] if (k in shared and k not in local[arch]) else own[k] for k in m}
         return {**state, "models": new_models}
-
-    def _distill(self, d_small: StateDict, d_deep: StateDict, small: StateDict, deep: StateDict) -> None:
-        depth_small, depth_deep = self._depths(small), self._depths(deep)
-        for key in list(d_small):
-            parsed = block_of(key)
-            if not parsed or parsed[1] != depth_small[parsed[0]] - 1:
-                continue
-            stage, top, rest = parsed
-            sources = [d_deep[k] for j in range(top, depth_deep.get(stage, 0))
-                       if (k := f"{stage}.{j}.{rest}") in d_deep and d_deep[k].shape == d_small[key].shape]
-            if sources:
-                d_small[key] = (1.0 - self.beta) * d_small[key] + self.beta * torch.stack(sources).mean(0)
