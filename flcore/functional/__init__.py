@@ -43,14 +43,8 @@ from flcore.functional.averaging import (
     weighted_average,
 )
 from flcore.functional.dp import clip_update, epsilon_spent, noise_multiplier_for_updates
-from flcore.functional.fedcross import (
-    SIMILARITY_MODES,
-    cross_aggregate,
-    dynamic_alpha,
-    in_order_partners,
-    select_collaborators,
-    similarity_matrix,
-)
+from flcore.functional.fedcross import (SIMILARITY_MODES, cross_aggregate, dynamic_alpha, in_order_partners,
+                                      select_collaborators, similarity_matrix)
 from flcore.functional.fedet import ensemble_targets
 from flcore.functional.fedgen import classifier_keys, ensemble_teacher_loss, teacher_weights
 from flcore.functional.fedmr import module_groups, recombine
