@@ -15,8 +15,6 @@ from flcore.strategies.fedavg import FedAvg
 __all__ = ["DPFedAvg"]
 
 
-
-
 class DPFedAvg(FedAvg):
     """DP-FedAvg with client-level central differential privacy (McMahan et al., ICLR 2018,
     Algorithm 1 with the fixed-denominator estimator).

@@ -18,8 +18,6 @@ from flcore.strategies.base import ClientResult, ClientTask, HeterogeneousStrate
 __all__ = ["FedET"]
 
 
-
-
 class FedET(HeterogeneousStrategy):
     """FedET over a model family (ResNet10 ... ResNet26 in the FedIN setting).
 

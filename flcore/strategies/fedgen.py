@@ -18,8 +18,6 @@ from lightning_modules.models.generator import FeatureGenerator, diversity_loss
 __all__ = ["FedGen", "GeneratorServer"]
 
 
-
-
 class GeneratorServer:
     """FedGen's server-side generator (Zhu, Hong & Zhou, ICML 2021, Algorithm 1), shared by
     :class:`FedGen` (homogeneous clients) and ``HeteroFedGen`` (a model family).

@@ -13,8 +13,6 @@ __all__ = ["HeteroFedAvg", "AGGREGATIONS"]
 AGGREGATIONS = ("layerwise", "same_shape")
 
 
-
-
 class HeteroFedAvg(HeterogeneousStrategy):
     """FedAvg over clients whose models differ (ResNet10 ... ResNet26), two ways.
 

@@ -14,8 +14,6 @@ from flcore.strategies.hetero_fedavg import HeteroFedAvg
 __all__ = ["InCo"]
 
 
-
-
 class InCo(HeteroFedAvg):
     """InCo Aggregation over a depth-heterogeneous family (ResNet10 ... ResNet26); "InCoAvg" of
     the FedIN paper's Table 1.
