@@ -2,7 +2,7 @@
 user's own Dataset / LightningDataModule through :mod:`datamodules.wrap`, a Hugging Face dataset
 through Flower's FederatedDataset in :mod:`datamodules.flower`). Independent of flcore."""
 
-from datamodules.base import DatasetNotFoundError, FederatedDataModule, IndexedTensors
+from datamodules.base import DatasetNotFoundError, FederatedDataModule, IndexedTensors, PoissonEpochs
 from datamodules.flower import FromFederatedDataset
 from datamodules.leaf import FEMNIST, LeafDataModule, Natural, Sent140, Shakespeare
 from datamodules.partition import (
@@ -20,7 +20,7 @@ from datamodules.vision import CIFAR10, CIFAR100, MNIST, SVHN, Digits, FashionMN
 
 __all__ = [
     "SVHN",
-    "FederatedDataModule", "IndexedTensors", "DatasetNotFoundError",
+    "FederatedDataModule", "IndexedTensors", "DatasetNotFoundError", "PoissonEpochs",
     "Partitioner", "IID", "Dirichlet", "Shards", "ClassesPerClient", "QuantitySkew", "FlwrPartitioner",
     "label_distribution",
     "Digits", "MNIST", "FashionMNIST", "CIFAR10", "CIFAR100",

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.partition import IID, Partitioner, label_distribution
 
-__all__ = ["FederatedDataModule", "IndexedTensors", "ShuffledEpochs", "DatasetNotFoundError", "collate_batch",
+__all__ = ["FederatedDataModule", "IndexedTensors", "ShuffledEpochs", "PoissonEpochs", "DatasetNotFoundError", "collate_batch",
            "downloading", "kept_samples"]
 
 
@@ -163,6 +163,56 @@ class ShuffledEpochs:
         if self.augment is not None:
             x = augment_samples(x, self.augment, int(torch.randint(2**62, (), generator=self.generator)))
         yield list(zip(x.split(self.batch_size), self.y[order].split(self.batch_size)))
+
+
+class PoissonEpochs:
+    """A client's local epochs under Poisson sampling (DP-SGD's sampling; Abadi et al., CCS
+    2016): each epoch is ``S = ceil(n / B)`` mini-batches, each holding every one of the client's
+    ``n`` samples independently with probability ``q = 1 / S`` (expected size ``n / S``, about
+    ``B``; a mini-batch may be empty). The same interface as :class:`ShuffledEpochs`: one item
+    per pass, the epoch's list of ``(x_b, y_b)``.
+
+    Args:
+        x, y, indices, batch_size, generator, augment: as :class:`ShuffledEpochs` (each mini-batch's
+            augmentation is seeded by a draw from ``generator``).
+
+    Attributes:
+        sample_rate: ``q``; :attr:`num_batches`: ``S``; :attr:`num_samples`: ``n``.
+
+    >>> import torch
+    >>> src = PoissonEpochs(torch.arange(10.0), torch.arange(10), range(10), 4, torch.Generator().manual_seed(0))
+    >>> src.num_batches, round(src.sample_rate, 4), len(next(iter(src)))
+    (3, 0.3333, 3)
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, indices, batch_size: int, generator: torch.Generator | None = None,
+                 augment: Augment | None = None):
+        self.x, self.y, self.augment, self.generator = x, y, augment, generator
+        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.batch_size = int(batch_size)
+        self.num_samples = len(self.indices)
+        self.num_batches = max(1, -(-self.num_samples // self.batch_size))
+        self.sample_rate = 1.0 / self.num_batches
+
+    @classmethod
+    def like(cls, source: ShuffledEpochs) -> PoissonEpochs:
+        """The Poisson-sampled epochs of ``source``'s client (same data, generator and
+        augmentation)."""
+        return cls(source.x, source.y, source.indices, source.batch_size, source.generator, source.augment)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        chosen = torch.rand(self.num_batches, self.num_samples, generator=self.generator) < self.sample_rate
+        batches = []
+        for row in chosen:
+            idx = self.indices[row.nonzero().squeeze(1)]
+            x = self.x[idx]
+            if self.augment is not None and len(idx):
+                x = augment_samples(x, self.augment, int(torch.randint(2**62, (), generator=self.generator)))
+            batches.append((x, self.y[idx]))
+        yield batches
 
 
 def collate_batch(batch):

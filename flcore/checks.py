@@ -27,6 +27,7 @@ from flcore.local import DEFAULT_LOCAL, quiet_lightning
 from flcore.strategies.base import HeterogeneousStrategy, Strategy
 from flcore.strategies.fedprox import FedProx
 from lightning_modules.client import ClientModule
+from lightning_modules.dp import local_dp_refusal
 from lightning_modules.models.protocols import IntermediateNet, ModelFamily
 from lightning_modules.plain import PlainClient
 
@@ -282,6 +283,11 @@ def check_run(trainer: FederatedTrainer, model: L.LightningModule, datamodule
         trainer.executor.check()
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if trainer.local_dp is not None:
+        reason = local_dp_refusal(model, trainer.local_dp, {**DEFAULT_LOCAL, **trainer.local},
+                                  datamodule.client_batches(0))
+        if reason is not None:
+            raise ConfigError(reason)
     if trainer.architectures is not None or trainer.client_architectures is not None:
         return check_architectures(trainer, model, datamodule)
     if isinstance(trainer.strategy, HeterogeneousStrategy):

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from datamodules.base import ShuffledEpochs
+from datamodules.base import PoissonEpochs, ShuffledEpochs
 from flcore.compat import has_plain_loading, rewind_fit_loop
 from flcore.interrupts import check as check_stop
 from flcore.seeding import STREAM_CLIENT, derive_seed
@@ -62,6 +62,7 @@ _NOISE = (
     r".*Checkpoint directory.*",
     r".*defined a `validation_step` but have no `val_dataloader`.*",
     r".*module\(s\) in eval mode at the start of training.*",  # frozen teachers (MOON, FedGen)
+    r".*Full backward hook is firing when gradients are computed with respect to module outputs.*",  # Opacus, 1st layer
 )
 
 
@@ -115,13 +116,16 @@ class _ClientSchedule(L.Callback):
         self.current = index
         task, module = self.tasks[index], self.module
         load_live(module.net, self.live, task.state)
-        if module.keeps_client_state:
+        if module.holds_client_state:
             source = self.runner.client_state_source
-            module.load_client_state(task.client_state if task.client_state is not None or source is None
-                                     else source(task.cid))
+            module.receive_client_state(task.client_state if task.client_state is not None or source is None
+                                        else source(task.cid))
         module.configure_client(task.payload)
         for optimizer in self.trainer.optimizers:  # a fresh optimizer for every client, as in the papers
             optimizer.state.clear()
+        if module.local_dp is not None:
+            data = self.source(index)
+            module.local_dp.begin_client(data.num_samples, data.num_batches)
         _seed_local_rng(self._seed(index))
         module.on_client_start()
 
@@ -135,8 +139,10 @@ class _ClientSchedule(L.Callback):
         whose data cannot be read fails as itself)."""
         if index not in self.sources:
             task = self.tasks[index]
-            self.sources[index] = self.runner.datamodule.client_batches(
+            source = self.runner.datamodule.client_batches(
                 task.cid, generator=torch.Generator().manual_seed(self._seed(index)))
+            dp = self.module.local_dp if self.module is not None else None
+            self.sources[index] = PoissonEpochs.like(source) if dp is not None and dp.config.poisson else source
         return self.sources[index]
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -150,9 +156,12 @@ class _ClientSchedule(L.Callback):
         live = self.live if self.live is not None else module.net.state_dict()
         state = {k: v.detach().to("cpu", copy=True) for k, v in live.items()}
         upload = module.client_upload()
+        metrics = dict(module.train_metrics)
+        if module.local_dp is not None:
+            metrics.update(module.local_dp.metrics())
         result = ClientResult(cid=task.cid, slot=task.slot, state=state, num_samples=self.sources[self.current].num_samples,
-                              metrics=dict(module.train_metrics), payload=upload,
-                              client_state=module.client_state() if module.keeps_client_state else None)
+                              metrics=metrics, payload=upload,
+                              client_state=module.kept_client_state() if module.holds_client_state else None)
         outcome = _check_finite(result)
         sink = self.runner.result_sink
         if sink is not None and isinstance(outcome, ClientResult):

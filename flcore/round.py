@@ -59,7 +59,7 @@ def run_round(trainer: FederatedTrainer, rnd: int, state: dict[str, Any], store:
     # in this process the runner asks the store just before each client trains, and hands each
     # result over as soon as it is done (a round holds about one participant's state and upload)
     in_process = isinstance(trainer.executor, SequentialExecutor)
-    if not in_process and any(m.keeps_client_state for m in runner.modules.values()):
+    if not in_process and any(m.holds_client_state for m in runner.modules.values()):
         for task in tasks:
             task.client_state = store.get("module", task.cid)
     if trainer.bn_policy != "average":
@@ -132,6 +132,8 @@ def run_round(trainer: FederatedTrainer, rnd: int, state: dict[str, Any], store:
     for key in dict.fromkeys(k for r in results for k in r.metrics):  # e.g. train_loss, train_acc, a module's own
         vals = [r.metrics[key] for r in results if key in r.metrics]
         metrics[f"clients/{key}"] = sum(vals) / len(vals)
+    if any("dp_epsilon" in r.metrics for r in results):  # local DP-SGD: the most-spent participant
+        metrics["clients/dp_epsilon_max"] = max(r.metrics.get("dp_epsilon", 0.0) for r in results)
     if force_eval or (rnd + 1) % trainer.eval_every == 0 or rnd + 1 == trainer.rounds:
         metrics.update(evaluate_global(runner, trainer._global_models(state)))
         if not math.isfinite(metrics[TEST_LOSS]):

@@ -29,6 +29,7 @@ from flcore.samplers import ClientSampler, UniformSampler
 from flcore.strategies.base import Strategy
 from flcore.strategies.fedavg import FedAvg
 from lightning_modules.client import ClientModule
+from lightning_modules.dp import LocalDP
 from lightning_modules.plain import as_client
 
 __all__ = ["FederatedTrainer"]
@@ -100,6 +101,12 @@ class FederatedTrainer:
             back when those clients are selected again; checkpoints name those files instead of
             copying them. ``null``: no budget (states stay in memory; checkpoints still name
             files). Results are the same under any budget.
+        local_dp: local DP-SGD on every client (:class:`lightning_modules.dp.LocalDP`: per-sample
+            clipping to ``max_grad_norm``, Gaussian noise ``noise_multiplier * max_grad_norm``,
+            Poisson-sampled mini-batches; Abadi et al., CCS 2016, through Opacus), composing with
+            the client objectives. Each client's epsilon at ``delta`` counts every local step of
+            every round it took part in (client metrics ``dp_epsilon``, ``dp_steps``;
+            ``clients/dp_epsilon_max`` is the largest of a round's participants). ``null``: off.
         report_best_test: also report the highest test accuracy over the evaluated rounds, the
             papers' "best test accuracy" (selected on the test set, so optimistic), labelled as
             such in ``results.json`` and the summary. Model selection otherwise uses the
@@ -146,6 +153,7 @@ class FederatedTrainer:
         model_stats_every: int = 0,
         bn_policy: str = "average",
         client_state_mb: float | None = 512.0,
+        local_dp: LocalDP | None = None,
     ):
         self.strategy = strategy if strategy is not None else FedAvg()
         self.rounds = rounds
@@ -170,6 +178,7 @@ class FederatedTrainer:
         self.model_stats_every = model_stats_every
         self.bn_policy = bn_policy
         self.client_state_mb = client_state_mb
+        self.local_dp = local_dp
         self._wall_before, self._t0 = 0.0, None  # wall seconds of earlier sessions; this session's start
         self.client_store: ClientStateStore | None = None  # set by fit
         self._parked: ParkedModels | None = None  # set by fit: this round's dispatched models lent to results
@@ -186,6 +195,8 @@ class FederatedTrainer:
         the client module (a user's own LightningModule wrapped: :func:`as_client`)."""
         model = as_client(model)
         self._modules, self._client_arch = check_run(self, model, datamodule)
+        for module in (self._modules or {None: model}).values():
+            module.set_local_dp(self.local_dp)
         classes_from_data(self._modules or {None: model}, datamodule)
         return model
 

@@ -35,6 +35,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from lightning_modules.dp import LEDGER_KEY, DPSteps, LocalDP
 from lightning_modules.models.protocols import ModelFamily, num_classes_of
 
 __all__ = ["ClientModule", "EarlierEpoch", "default_optimizer"]
@@ -89,6 +90,13 @@ class ClientModule(L.LightningModule):
     #: previous model). The trainer then keeps each client's :meth:`client_state`, checkpoints it,
     #: and hands it back through :meth:`load_client_state` at the client's next participation.
     keeps_client_state: ClassVar[bool] = False
+    #: Whether :meth:`training_loss` (or :meth:`batch_loss`) adds a term that depends on no
+    #: sample (FedProx's proximal term). Under local DP-SGD (``trainer.local_dp``) its gradient
+    #: is kept beside the clipped and noised per-sample gradients; any other term is clipped
+    #: with the samples' (:mod:`lightning_modules.dp`).
+    sample_free_loss_terms: ClassVar[bool] = False
+    #: Whether the objective can run under local DP-SGD (one forward pass of the net per step).
+    supports_local_dp: ClassVar[bool] = True
 
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False):
         super().__init__()
@@ -107,6 +115,7 @@ class ClientModule(L.LightningModule):
         self._train_metrics: dict[str, float] = {}
         self._direct = False  # per fit: see _plain_steps
         self._recording = True  # whether training steps keep their metrics (EarlierEpoch)
+        self.local_dp: DPSteps | None = None  # local DP-SGD (set_local_dp)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -154,6 +163,33 @@ class ClientModule(L.LightningModule):
         """The state this client keeps for its next participation (``ClientResult.client_state``),
         read after :meth:`client_upload`; ``None``: none. Tensors on the CPU."""
         return None
+
+    def set_local_dp(self, config: LocalDP | None) -> None:
+        """Train every client with local DP-SGD under ``config`` (``None``: plain SGD). Set by
+        the federated trainer after its checks (:func:`lightning_modules.dp.dp_refusal`)."""
+        self.local_dp = None if config is None else DPSteps(config)
+
+    @property
+    def holds_client_state(self) -> bool:
+        """Whether the trainer keeps a state for each client: the objective's
+        (:attr:`keeps_client_state`) or local DP-SGD's step count."""
+        return self.keeps_client_state or self.local_dp is not None
+
+    def receive_client_state(self, state: dict[str, Any] | None) -> None:
+        """A client's kept state (``None`` before its first round): the DP-SGD step count to the
+        accountant, the rest to :meth:`load_client_state`."""
+        if self.local_dp is not None:
+            self.local_dp.steps_before = int((state or {}).get(LEDGER_KEY, 0))
+        if self.keeps_client_state:
+            self.load_client_state(state)
+
+    def kept_client_state(self) -> dict[str, Any] | None:
+        """What the trainer keeps for this client: :meth:`client_state`, plus the DP-SGD step
+        count under local DP."""
+        own = self.client_state() if self.keeps_client_state else None
+        if self.local_dp is None:
+            return own
+        return {**(own or {}), LEDGER_KEY: self.local_dp.steps_before + self.local_dp.steps}
 
     def configure_client(self, payload: dict[str, Any]) -> None:
         """Receive the strategy's extra payload before training; ``net`` already holds the
@@ -257,17 +293,24 @@ class ClientModule(L.LightningModule):
         hand (FedIN) override this."""
         direct = self._direct  # what Lightning's fp32 precision plugin does, without its dispatch
         opt = optimizer.optimizer if direct else optimizer
+        dp = self.local_dp
         if first:
             opt.zero_grad(set_to_none=True)
-        loss = self.batch_loss(batch)
-        scaled = loss * scale if scale != 1.0 else loss
-        if direct:
-            self.on_before_backward(scaled)
-            self.backward(scaled)
-            self.on_after_backward()
-        else:
-            self.manual_backward(scaled)
+            if dp is not None:
+                dp.clear()
+        size = len(batch[1])
+        loss = self.batch_loss(batch) if size or dp is None else None  # (DP-SGD: an empty Poisson batch)
+        if loss is not None:
+            scaled = loss * scale if scale != 1.0 else loss
+            if direct:
+                self.on_before_backward(scaled)
+                self.backward(scaled)
+                self.on_after_backward()
+            else:
+                self.manual_backward(scaled)
         if last:
+            if dp is not None:  # noised per-sample gradients replace the batch gradient
+                dp.privatize(size, keep_rest=self.sample_free_loss_terms)
             if direct:
                 self.on_before_optimizer_step(opt)
             opt.step()
@@ -334,6 +377,8 @@ class ClientModule(L.LightningModule):
 
     def on_train_start(self) -> None:
         self._direct = self._plain_steps()
+        if self.local_dp is not None:
+            self.local_dp.attach(self.net, self.optimizers().optimizer)
 
     def on_train_epoch_start(self) -> None:
         self.on_local_epoch_start()

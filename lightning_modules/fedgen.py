@@ -42,6 +42,9 @@ class FedGenModule(ClientModule):
         ValueError: a net without a feature/classifier split; negative alpha, beta; decay not in (0, 1].
     """
 
+    #: Not under local DP-SGD: the generator's samples pass through the classifier beside the batch.
+    supports_local_dp = False
+
     server_strategies = ("flcore.strategies.FedGen", "flcore.strategies.HeteroFedGen")  # the generator comes from its server
 
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False,

@@ -107,6 +107,9 @@ class FedINModule(FedProxModule):
             ``extractor`` / ``intermediate`` (at :meth:`check_local_config`).
     """
 
+    #: Not under local DP-SGD: the intermediate-layer terms need their own backward passes.
+    supports_local_dp = False
+
     server_strategies = ("flcore.strategies.FedIN",)  # the server features come from its feature bank
 
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False,

@@ -31,6 +31,8 @@ class FedProxModule(ClientModule):
     #: FedProx (homogeneous) or the FedIN paper's heterogeneous FedProx baseline; FedIN's own
     #: objective (a subclass) names its server itself.
     server_strategies = ("flcore.strategies.FedProx", "flcore.strategies.HeteroFedAvg")
+    #: The proximal term depends on no sample: under local DP-SGD it is not clipped.
+    sample_free_loss_terms = True
 
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False, mu: float = 0.01):
         super().__init__(net, optimizer, channels_last)
