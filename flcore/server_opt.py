@@ -37,7 +37,8 @@ from torch import Tensor
 
 from flcore.functional import StateDict, trained_keys
 
-__all__ = ["ServerOptimizer", "ServerSGD", "ServerAdagrad", "ServerAdam", "ServerYogi", "apply_server_step"]
+__all__ = ["ServerOptimizer", "ServerSGD", "ServerAdagrad", "ServerAdam", "ServerYogi", "apply_server_step",
+           "server_step_on"]
 
 
 class ServerOptimizer:
@@ -181,3 +182,25 @@ def apply_server_step(optimizer: ServerOptimizer | None, old: dict[str, Any], ne
         return new
     x, opt_state = optimizer.step(old["global"], new["global"], old["server_opt"])
     return {**new, "global": x, "server_opt": opt_state}
+
+
+def server_step_on(optimizer: ServerOptimizer, x: StateDict, aggregate: StateDict,
+                   state: dict[str, StateDict]) -> tuple[StateDict, dict[str, StateDict]]:
+    """One server step on the entries of ``aggregate`` only: a layer-wise heterogeneous round
+    (FedIN Eq. 19) aggregates the keys that some client of the round has, so the pseudo-gradient
+    is defined there alone. The other entries of the model and their optimizer state do not move
+    (no momentum carries a key that no client trained).
+
+    Args:
+        x: the global model of the round (every key of ``aggregate``, and more).
+        aggregate: the round's aggregate of some of ``x``'s keys.
+        state: the optimizer state over all of ``x``'s trained keys.
+
+    Returns:
+        ``(stepped, state')``: the new values of ``aggregate``'s keys, and the optimizer state
+        with those keys' moments advanced.
+    """
+    keys = [k for k in state["m"] if k in aggregate]
+    sub = {name: {k: entries[k] for k in keys} for name, entries in state.items()}
+    stepped, new_sub = optimizer.step({k: x[k] for k in aggregate}, aggregate, sub)
+    return stepped, {name: {**entries, **new_sub[name]} for name, entries in state.items()}

@@ -11,9 +11,11 @@ from datamodules import Digits
 from flcore import FederatedTrainer
 from flcore.checkpoint import load_checkpoint
 from flcore.server_opt import ServerAdagrad, ServerAdam, ServerSGD, ServerYogi
-from flcore.strategies import FedAvg, FedProx, Scaffold
+from flcore.messages import ClientResult
+from flcore.strategies import FedAvg, FedProx, HeteroFedAvg, Scaffold
 from lightning_modules import ClientModule, FedProxModule, ScaffoldModule
-from lightning_modules.models import CNN
+from lightning_modules.models import CNN, HeteroResNet
+from tests.conftest import assert_same_tree
 
 TAU = 1e-3
 
@@ -123,3 +125,58 @@ def test_server_optimizer_changes_the_run_and_resumes_exactly(tmp_path, make):
     assert all(torch.equal(full["global"][k], resumed["global"][k]) for k in full["global"])
     for name in full["server_opt"]:
         assert all(torch.equal(full["server_opt"][name][k], resumed["server_opt"][name][k]) for k in full["server_opt"][name])
+
+
+def _hetero_results(states):
+    return [ClientResult(cid=c, slot=c, state=s, num_samples=10) for c, s in enumerate(states)]
+
+
+def test_layerwise_hetero_fedavgm_steps_only_the_keys_the_round_trained():
+    """Two architectures: "big" has a and b, "small" has a. Round 1 (both): Delta_a = mean - x_a,
+    Delta_b = y_b - x_b; round 2 (small only): a steps with momentum, b and its momentum stay."""
+    strategy = HeteroFedAvg("layerwise", server_optimizer=ServerSGD(lr=0.5, momentum=0.9))
+    strategy.bind(["big", "small"])
+    d = torch.float64
+    init = {"big": {"a": torch.tensor([1.0], dtype=d), "b": torch.tensor([2.0], dtype=d)},
+            "small": {"a": torch.tensor([1.0], dtype=d)}}
+    state = strategy.initialize(init, clients_per_round=2)
+    big = {"a": torch.tensor([2.0], dtype=d), "b": torch.tensor([4.0], dtype=d)}
+    small = {"a": torch.tensor([3.0], dtype=d)}
+    state = strategy.aggregate_fit(0, _hetero_results([big, small]), state, None)
+    # Delta_a = 2.5 - 1 = 1.5, m_a = 1.5, a = 1 + 0.75; Delta_b = 2, m_b = 2, b = 2 + 1
+    assert state["global"]["a"].item() == pytest.approx(1.75) and state["global"]["b"].item() == pytest.approx(3.0)
+    state = strategy.aggregate_fit(1, [ClientResult(cid=1, slot=0, state={"a": torch.tensor([2.75], dtype=d)},
+                                                    num_samples=10)], state, None)
+    # Delta_a = 1, m_a = 0.9 * 1.5 + 1 = 2.35, a = 1.75 + 1.175; b untouched, m_b still 2
+    assert state["global"]["a"].item() == pytest.approx(2.925) and state["global"]["b"].item() == pytest.approx(3.0)
+    assert state["server_opt"]["m"]["b"].item() == pytest.approx(2.0)
+
+
+def test_same_shape_hetero_fedadam_keeps_one_optimizer_per_architecture():
+    strategy = HeteroFedAvg("same_shape", server_optimizer=ServerAdam(lr=0.1, beta1=0.9, beta2=0.99, tau=TAU))
+    strategy.bind(["p", "q"])
+    d = torch.float64
+    state = strategy.initialize({"p": {"w": torch.tensor([1.0], dtype=d)}, "q": {"w": torch.tensor([1.0, 2.0], dtype=d)}},
+                                clients_per_round=2)
+    state = strategy.aggregate_fit(0, _hetero_results([{"w": torch.tensor([1.5], dtype=d)}]), state, None)
+    expected = 1.0 + 0.1 * (0.1 * 0.5) / (math.sqrt(0.99 * TAU ** 2 + 0.01 * 0.25) + TAU)  # Alg. 2, Delta = 0.5
+    assert state["models"]["p"]["w"].item() == pytest.approx(expected)
+    assert state["models"]["q"]["w"].tolist() == [1.0, 2.0] and state["server_opt"]["q"]["m"]["w"].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_hetero_server_optimizer_resumes_exactly(tmp_path):
+    def run(name, rounds, ckpt_path=None):
+        seed_everything(0)
+        trainer = FederatedTrainer(strategy=HeteroFedAvg(server_optimizer=ServerAdam(lr=0.01)), rounds=rounds,
+                                   clients_per_round=2, local={"max_epochs": 1}, log_dir=str(tmp_path), name=name,
+                                   checkpoint_every=1, architectures=["resnet10", "resnet14"])
+        trainer.fit(ClientModule(HeteroResNet("resnet10", 1, 10, width=4, stem="cifar")),
+                    Digits(num_clients=4, batch_size=64), ckpt_path=ckpt_path)
+        return load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")["strategy_state"]
+
+    full = run("full", 2)
+    run("resumed", 1)
+    resumed = run("resumed", 2, ckpt_path="last")
+    assert_same_tree(full, resumed)
+    assert any(float(v.abs().sum()) > 0 for v in full["server_opt"]["m"].values())

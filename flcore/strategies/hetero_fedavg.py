@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from flcore.functional import StateDict, layerwise_average, union_state, weighted_average
+from flcore.server_opt import ServerOptimizer, server_step_on
 from flcore.strategies.base import ClientResult, ClientTask, HeterogeneousStrategy
 
 __all__ = ["HeteroFedAvg", "AGGREGATIONS"]
@@ -33,22 +34,32 @@ class HeteroFedAvg(HeterogeneousStrategy):
     architecture (``trainer.architectures``) and passes :meth:`initialize` one initial state per
     architecture. Evaluation uses :meth:`global_models` (one model per architecture).
 
+    With ``server_optimizer`` (FedAvgM, FedAdam, FedAdagrad, FedYogi: :mod:`flcore.server_opt`)
+    the round's aggregate is a pseudo-gradient step of the server's optimizer instead of the new
+    model, where the pseudo-gradient is defined: in layerwise mode on the keys some client of the
+    round has (:func:`flcore.server_opt.server_step_on`; the others and their moments stay), in
+    same_shape mode on each architecture's model that had clients (one optimizer state per
+    architecture).
+
     State: ``{"global": union state_dict, "arch_keys": ...}`` (layerwise) or
-    ``{"models": {arch: state_dict}}`` (same_shape).
+    ``{"models": {arch: state_dict}}`` (same_shape), plus ``"server_opt"`` with an optimizer.
 
     Args:
         aggregation: ``"layerwise"`` or ``"same_shape"``.
         weighted: weight clients by sample count; default ``False`` for layerwise (Eq. 19),
             ``True`` for same_shape (Eq. 21).
+        server_optimizer: a :class:`flcore.server_opt.ServerOptimizer`, or ``None``.
 
     Raises:
         ValueError: unknown ``aggregation``.
     """
 
-    def __init__(self, aggregation: str = "layerwise", weighted: bool | None = None):
+    def __init__(self, aggregation: str = "layerwise", weighted: bool | None = None,
+                 server_optimizer: ServerOptimizer | None = None):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"strategy.aggregation: must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
         self.aggregation = aggregation
+        self.server_optimizer = server_optimizer
         self.weighted = (aggregation == "same_shape") if weighted is None else bool(weighted)
         self.client_arch: list[str] = []
 
@@ -56,10 +67,13 @@ class HeteroFedAvg(HeterogeneousStrategy):
         """``model_state``: one initial state_dict per architecture. In layerwise mode a key shared
         by several architectures starts from the first architecture's value (in config order), so
         every client starts from one global model."""
+        opt = self.server_optimizer
         if self.aggregation == "same_shape":
-            return {"models": {a: {k: v.clone() for k, v in s.items()} for a, s in model_state.items()}}
+            models = {a: {k: v.clone() for k, v in s.items()} for a, s in model_state.items()}
+            return {"models": models, **({"server_opt": {a: opt.init_state(m) for a, m in models.items()}} if opt else {})}
         union = {k: v.clone() for k, v in union_state(model_state).items()}
-        return {"global": union, "arch_keys": {a: list(s) for a, s in model_state.items()}}
+        return {"global": union, "arch_keys": {a: list(s) for a, s in model_state.items()},
+                **({"server_opt": opt.init_state(union)} if opt else {})}
 
     def arch_state(self, state: dict[str, Any], arch: str) -> StateDict:
         """The model an ``arch`` client receives (references, no copies)."""
@@ -76,15 +90,24 @@ class HeteroFedAvg(HeterogeneousStrategy):
         if not results:
             return state
         weights = [r.weight if self.weighted else 1.0 for r in results]
+        opt = self.server_optimizer
         if self.aggregation == "layerwise":
             union = dict(state["global"])
-            union.update(layerwise_average([r.state for r in results], weights))  # FedIN Eq. 19
-            return {**state, "global": union}
+            averaged = layerwise_average([r.state for r in results], weights)  # FedIN Eq. 19
+            if opt is None:
+                union.update(averaged)
+                return {**state, "global": union}
+            stepped, opt_state = server_step_on(opt, state["global"], averaged, state["server_opt"])
+            union.update(stepped)
+            return {**state, "global": union, "server_opt": opt_state}
         models = dict(state["models"])
+        opt_states = dict(state.get("server_opt", {}))
         for arch in dict.fromkeys(self.client_arch[r.cid] for r in results):
             idx = [i for i, r in enumerate(results) if self.client_arch[r.cid] == arch]
             models[arch] = weighted_average([results[i].state for i in idx], [weights[i] for i in idx])  # Eq. 20/21
-        return {**state, "models": models}
+            if opt is not None:
+                models[arch], opt_states[arch] = opt.step(state["models"][arch], models[arch], opt_states[arch])
+        return {**state, "models": models, **({"server_opt": opt_states} if opt is not None else {})}
 
     def global_models(self, state: dict[str, Any]) -> dict[str, StateDict]:
         """One model per architecture (in the order the state knows them)."""
