@@ -13,7 +13,10 @@ Eight sections (``--sections``), each printed as a table and written to ``--out`
    byte read and written once, the memory-bandwidth floor). Target <= 2x.
 3. ``memory``: peak resident memory of a real FedCross run (K = 10 VGG-16 middleware models, 2
    rounds on a few synthetic samples per client, in a fresh process) in model copies:
-   ``(peak RSS - RSS before the model existed) / model bytes``.
+   ``(peak RSS - RSS before the model existed) / model bytes``, the RSS before taken after a
+   warm-up FedCross fit of a tiny CNN in the same process (Lightning, TensorBoard and the
+   allocator's arenas set up, about 50 MB that are no model copy). Target: K + 3 (the K
+   middleware models, and the local net with its gradient and momentum).
 4. ``rounds``: median seconds per round (evaluation excluded) of the accuracy benchmark's
    Fashion-MNIST CNN workload (100 clients, 10 per round, 5 local epochs, batch 50) for each
    executor. Flower's simulation is compared if ``flwr`` is installed (it is not a dependency).
@@ -54,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import importlib.util
 import json
 import os
@@ -247,6 +251,12 @@ def memory_child(k: int) -> dict:
     torch.set_num_threads(1)
     dm = Synthetic((3, 32, 32), 4, k, batch_size=4)
     dm.setup("fit")
+    warm = FederatedTrainer(strategy=FedCross(alpha=0.99, selection="lowest_similarity"), rounds=2,
+                            clients_per_round=k, local={"max_epochs": 1, "accelerator": "cpu"},
+                            log_dir=str(ROOT / "benchmarks" / "results" / "speed_runs"), name="memory_warmup")
+    warm.fit(ClientModule(CNN(3, 10, 32, channels=(4, 8), hidden=16), optimizer=_sgd), dm)
+    del warm
+    gc.collect()
     before = _rss_bytes()
     net = VGG16(3, 10)
     model_bytes = sum(t.numel() * t.element_size() for t in net.state_dict().values())

@@ -38,14 +38,27 @@ class ParkedModels:
     def reusable(strategy, tasks: list[ClientTask], in_process: bool, stats_due: bool) -> dict[int, dict]:
         """``{slot: dispatched state}`` whose memory a result may take: the strategy allows it,
         the clients train in this process, it is not a model-statistics round (those compare each
-        result with what was sent), and no two tasks share a dispatched state or tensor (a shared
-        initial model is left alone)."""
+        result with what was sent), and no two tasks share a dispatched state or tensor. When
+        every task shares one dispatched state (the first round's initial model), only the last
+        task's slot is returned: its result may take that state once every other result exists
+        (:meth:`may_lend`), when no client needs it any more."""
         if strategy.reads_dispatched_state or stats_due or not in_process:
             return {}
         tensors = [id(v) for t in tasks for v in t.state.values()]
-        if len({id(t.state) for t in tasks}) < len(tasks) or len(set(tensors)) < len(tensors):
+        states = {id(t.state) for t in tasks}
+        if len(states) == 1 < len(tasks) and len(set(tensors)) == len(tasks[0].state):  # one shared model
+            return {tasks[-1].slot: tasks[-1].state}
+        if len(states) < len(tasks) or len(set(tensors)) < len(tensors):
             return {}
         return {t.slot: t.state for t in tasks}
+
+    @staticmethod
+    def may_lend(reuse: dict[int, dict], slot: int, results_so_far: int, tasks: int) -> bool:
+        """Whether the result of ``slot``, the ``results_so_far``-th successful result of the
+        round's ``tasks``, may take its dispatched state (:meth:`reusable`): always for a state of
+        its own; for the shared initial model only when every task succeeded (a failed slot's
+        aggregation would read the shared model)."""
+        return slot in reuse and (len(reuse) == tasks or results_so_far == tasks)
 
     def lend(self, result: ClientResult, model: dict) -> None:
         """Park ``model`` (the result's slot's dispatched state) on disk, copy the result's

@@ -153,20 +153,33 @@ class _ClientSchedule(L.Callback):
         if self.current < 0 or len(self.outcomes) > self.current:
             return
         task, module = self.tasks[self.current], self.module
-        live = self.live if self.live is not None else module.net.state_dict()
-        state = {k: v.detach().to("cpu", copy=True) for k, v in live.items()}
         upload = module.client_upload()
         metrics = dict(module.train_metrics)
         if module.local_dp is not None:
             metrics.update(module.local_dp.metrics())
+        kept = module.kept_client_state() if module.holds_client_state else None
+        _free_training_buffers(module, self.trainer)  # before the copy: the round's peak memory is here
+        live = self.live if self.live is not None else module.net.state_dict()
+        state = {k: v.detach().to("cpu", copy=True) for k, v in live.items()}
         result = ClientResult(cid=task.cid, slot=task.slot, state=state, num_samples=self.sources[self.current].num_samples,
-                              metrics=metrics, payload=upload,
-                              client_state=module.kept_client_state() if module.holds_client_state else None)
+                              metrics=metrics, payload=upload, client_state=kept)
         outcome = _check_finite(result)
         sink = self.runner.result_sink
         if sink is not None and isinstance(outcome, ClientResult):
             sink(outcome)  # e.g. into the trainer's client-state store and streaming aggregation now
         self.outcomes.append(outcome)
+
+
+def _free_training_buffers(module: L.LightningModule, trainer: L.Trainer) -> None:
+    """Drop a finished client's gradients, optimizer moments (and DP-SGD's per-sample gradients):
+    the next client starts without them anyway (``zero_grad(set_to_none=True)`` at its first
+    step, a cleared optimizer state), so freeing them before its result is copied keeps about two
+    model copies (gradient and momentum) off the round's peak memory."""
+    module.zero_grad(set_to_none=True)
+    for optimizer in trainer.optimizers:
+        optimizer.state.clear()
+    if getattr(module, "local_dp", None) is not None:
+        module.local_dp.clear()
 
 
 def live_state(net: torch.nn.Module) -> dict[str, Tensor] | None:

@@ -3,13 +3,14 @@ keys), defined once. Per-architecture variants append ``/<arch>`` (:func:`global
 
 from __future__ import annotations
 
-__all__ = ["TEST_ACC", "TEST_LOSS", "VAL_ACC", "VAL_LOSS", "GLOBAL", "global_metric"]
+__all__ = ["TEST_ACC", "TEST_LOSS", "VAL_ACC", "VAL_LOSS", "GLOBAL", "DP_EPSILON", "global_metric"]
 
 GLOBAL = "global/"
 TEST_ACC = "global/test_acc"
 TEST_LOSS = "global/test_loss"
 VAL_ACC = "global/val_acc"
 VAL_LOSS = "global/val_loss"
+DP_EPSILON = "dp/epsilon"  # DP-FedAvg: the epsilon spent at its delta
 
 
 def global_metric(split: str, kind: str, arch: str | None = None) -> str:

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from flcore.metric_names import TEST_ACC
+from flcore.metric_names import DP_EPSILON, TEST_ACC
 from flcore.plotting import legend_outside, method_of, method_style, partition_of
 
 __all__ = ["load_runs", "summarize", "relative_speed", "mean_curve", "group_mean_curves", "smoothed_gap",
@@ -117,6 +117,9 @@ def summarize(runs: list[dict[str, Any]], targets: tuple[float, ...] = (), last:
             row[f"rounds_to_{t:g}"] = (statistics.fmean(hit) if hit else None, len(hit))
         row["mbytes"] = _mean_std([(r.get("bytes_down", 0) + r.get("bytes_up", 0)) / 1e6 for r in recs])
         row["wall_time_s"] = _mean_std([r.get("wall_time_s") for r in recs])
+        spent = [(r.get("final") or {}).get(DP_EPSILON) for r in recs]
+        if any(e is not None for e in spent):  # DP-FedAvg's epsilon at its delta after the last round
+            row["epsilon"] = _mean_std(spent)
         rows.append(row)
     return rows
 
@@ -301,6 +304,8 @@ def _columns(rows: list[dict[str, Any]], targets: tuple[float, ...], last: int) 
                      lambda r: "—" if r["speed"] is None else f"x{r['speed']:.1f}"))
     if "overtakes_round" in first:
         cols.append(("overtakes", f"overtakes {first['overtakes_baseline']} at round", over_cell))
+    if any("epsilon" in r for r in rows):
+        cols.append(("epsilon", "epsilon spent", lambda r: _fmt(r["epsilon"], 1, 2) if "epsilon" in r else "—"))
     cols += [("std", f"std of last {last} evals (pts)", lambda r: _fmt(r["last_evals_std"], 100)),
              ("mb", "MB sent", lambda r: _fmt(r["mbytes"], 1, 1)),
              ("wall", "wall (min)", lambda r: _fmt((r["wall_time_s"][0] / 60, r["wall_time_s"][1] / 60), 1, 1))]
@@ -308,7 +313,7 @@ def _columns(rows: list[dict[str, Any]], targets: tuple[float, ...], last: int) 
 
 
 COLUMNS = ("group", "runs", "rounds", "final", "last_mean", "early", "val", "best", "rounds_to", "speed",
-           "overtakes", "std", "mb", "wall")
+           "overtakes", "epsilon", "std", "mb", "wall")
 """The column keys of :func:`markdown_table` (``rounds_to`` stands for every ``--target``)."""
 
 

@@ -88,7 +88,7 @@ def run_round(trainer: FederatedTrainer, rnd: int, state: dict[str, Any], store:
             r.client_state = None
         if trainer.bn_policy != "average":  # cloned: aggregation may reuse the results' tensors
             store.stage("bn", r.cid, {k: r.state[k].clone() for k in trainer._bn_keys.get(trainer._arch_of(r.cid), [])})
-        if r.slot in reuse:  # the slot's old model to disk, the result into its memory
+        if ParkedModels.may_lend(reuse, r.slot, len(taken), len(tasks)):  # old model to disk, result into its memory
             parked.lend(r, reuse[r.slot])
         if acc is not None:
             acc.add(r)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from flcore.functional import clip_update, epsilon_spent, noise_multiplier_for_updates
+from flcore.metric_names import DP_EPSILON
 from flcore.server_opt import ServerOptimizer
 from flcore.strategies.fedavg import FedAvg
 
@@ -129,7 +130,7 @@ class DPFedAvg(FedAvg):
 
     def round_metrics(self, state) -> dict[str, float]:
         dp = state["dp"]
-        return {"dp/epsilon": self._epsilon(dp, dp["rounds"]), "dp/clip_norm": float(dp.get("last_clip", dp["clip_norm"])),
+        return {DP_EPSILON: self._epsilon(dp, dp["rounds"]), "dp/clip_norm": float(dp.get("last_clip", dp["clip_norm"])),
                 "dp/unclipped_fraction": float(dp["unclipped"])}
 
     def rounds_allowed(self, state) -> int | None:

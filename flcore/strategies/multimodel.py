@@ -55,7 +55,8 @@ class MultiModelStrategy(Strategy):
 
     def initialize(self, model_state: StateDict, clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
         init = {k: v.clone() for k, v in model_state.items()}
-        return {"models": [init] * clients_per_round}  # shared, read-only: never mutated in place
+        # shared: only the round's last result may take its memory, once no client needs it (ParkedModels)
+        return {"models": [init] * clients_per_round}
 
     def configure_fit(self, rnd, clients, state, rng: np.random.Generator) -> list[ClientTask]:
         order = rng.permutation(np.asarray(clients))  # FedCross Alg. 1 line 5: Shuffle(L_c)
