@@ -39,6 +39,12 @@ def corrected_in_gradient(g_in: list[Tensor], g_local: list[Tensor], mode: str =
 
     Raises:
         ValueError: unknown ``mode``, or lists of different lengths.
+
+    >>> g_in, g_local = [torch.tensor([1.0, -1.0])], [torch.tensor([0.0, 1.0])]  # b = -1 < 0, a = 1
+    >>> corrected_in_gradient(g_in, g_local, "eq12")  # G_IN + G_local: orthogonal to G_local
+    [tensor([1., 0.])]
+    >>> corrected_in_gradient(g_in, g_local, "eq13")  # G_IN + G_local / 2
+    [tensor([ 1.0000, -0.5000])]
     """
     if mode not in CORRECTIONS:
         raise ValueError(f"model.correction: must be one of {list(CORRECTIONS)}, got {mode!r}")
@@ -62,6 +68,13 @@ def add_feature_noise(features: Tensor, k: float, generator: torch.Generator | N
 
     Raises:
         ValueError: ``k < 0``.
+
+    >>> f = torch.tensor([1.0, 3.0])  # sigma = 1.4142
+    >>> noisy = add_feature_noise(f, 0.5, torch.Generator().manual_seed(0))
+    >>> torch.allclose(noisy - f, 0.5 * f.std() * torch.randn(2, generator=torch.Generator().manual_seed(0)))
+    True
+    >>> add_feature_noise(f, 0.0) is f
+    True
     """
     if k < 0:
         raise ValueError(f"model.noise_k: must be >= 0, got {k}")

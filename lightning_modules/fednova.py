@@ -16,7 +16,13 @@ __all__ = ["FedNovaModule", "momentum_a_norm"]
 def momentum_a_norm(tau: int, rho: float) -> float:
     """``||a_i||_1`` of FedNova (Wang et al. 2020, Sec. 4 / Appendix): the sum of the weights that
     ``tau`` local SGD steps with momentum ``rho`` put on the accumulated gradients,
-    ``[tau - rho (1 - rho^tau) / (1 - rho)] / (1 - rho)``; equals ``tau`` for plain SGD."""
+    ``[tau - rho (1 - rho^tau) / (1 - rho)] / (1 - rho)``; equals ``tau`` for plain SGD.
+
+    >>> momentum_a_norm(10, 0.0)
+    10.0
+    >>> momentum_a_norm(2, 0.5)  # steps weigh 1 + 1.5: (2 - 0.5 * 0.75 / 0.5) / 0.5
+    2.5
+    """
     if rho == 0:
         return float(tau)
     return (tau - rho * (1 - rho**tau) / (1 - rho)) / (1 - rho)

@@ -22,6 +22,12 @@ def moon_contrastive_loss(z: Tensor, z_glob: Tensor, z_prev: Tensor, temperature
 
     ``l_con = -log( exp(sim(z, z_glob)/tau) / (exp(sim(z, z_glob)/tau) + exp(sim(z, z_prev)/tau)) )``
     with ``sim`` the cosine similarity. Shapes: ``(B, D)`` each; returns a scalar.
+
+    >>> z = torch.tensor([[1.0, 0.0]])
+    >>> round(float(moon_contrastive_loss(z, z, -z, temperature=1.0)), 4)  # -log(e / (e + 1/e))
+    0.1269
+    >>> round(float(moon_contrastive_loss(z, z, z, temperature=0.5)), 4)  # as close to both: log 2
+    0.6931
     """
     pos = F.cosine_similarity(z, z_glob, dim=1)
     neg = F.cosine_similarity(z, z_prev, dim=1)

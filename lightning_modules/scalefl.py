@@ -28,6 +28,11 @@ def exit_loss(outs: list[Tensor], y: Tensor, kd_gamma: float = 0.05, temperature
     usual KD; the authors' ``nn.KLDivLoss()`` also divides by the class count) and the teacher
     is detached (the authors' code lets the KD gradient reach it). ``gamma = 0`` is plain
     weighted cross-entropy. Returns a scalar.
+
+    >>> outs, y = [torch.zeros(1, 2), torch.tensor([[2.0, 0.0]])], torch.tensor([0])
+    >>> ce = [float(F.cross_entropy(p, y)) for p in outs]
+    >>> round(float(exit_loss(outs, y, kd_gamma=0.0)), 6) == round((ce[0] + 2 * ce[1]) / 3, 6)
+    True
     """
     n = len(outs)
     loss = outs[-1].new_zeros(())
