@@ -38,6 +38,7 @@ DOCS = ROOT / "docs"
 @pytest.mark.parametrize("page, tables_from", [
     ("docs/reproduction.md", "docs/reproduction.md"),
     ("docs/heterogeneous.md", "docs/heterogeneous.md"),
+    ("docs/strategies.md", "docs/strategies.md"),
     ("README.md", "docs/reproduction.md"),  # the README's headline cites the reproduction's tables
 ])
 def test_result_prose_cites_only_numbers_of_the_generated_tables(page, tables_from):
