@@ -170,7 +170,7 @@ class _ClientSchedule(L.Callback):
         self.outcomes.append(outcome)
 
 
-def _free_training_buffers(module: L.LightningModule, trainer: L.Trainer) -> None:
+def _free_training_buffers(module: ClientModule, trainer: L.Trainer) -> None:
     """Drop a finished client's gradients, optimizer moments (and DP-SGD's per-sample gradients):
     the next client starts without them anyway (``zero_grad(set_to_none=True)`` at its first
     step, a cleared optimizer state), so freeing them before its result is copied keeps about two
@@ -178,7 +178,7 @@ def _free_training_buffers(module: L.LightningModule, trainer: L.Trainer) -> Non
     module.zero_grad(set_to_none=True)
     for optimizer in trainer.optimizers:
         optimizer.state.clear()
-    if getattr(module, "local_dp", None) is not None:
+    if module.local_dp is not None:
         module.local_dp.clear()
 
 
