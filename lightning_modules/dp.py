@@ -34,12 +34,11 @@ __all__ = ["LocalDP", "DPSteps", "rdp_epsilon", "dp_refusal", "local_dp_refusal"
 LEDGER_KEY = "local_dp_steps"
 
 
-def _opacus():
+def _opacus(what: str = "trainer.local_dp: local DP-SGD") -> None:
     try:
         import opacus  # noqa: F401
     except ImportError:
-        raise ImportError("trainer.local_dp: local DP-SGD needs Opacus: pip install 'flcore[dp]'") from None
-    return opacus
+        raise ImportError(f"{what} needs Opacus: pip install 'flcore[dp]'") from None
 
 
 def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
@@ -59,7 +58,7 @@ def rdp_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: 
         return 0.0
     if noise_multiplier == 0:
         return math.inf
-    _opacus()
+    _opacus("privacy accounting")
     from opacus.accountants import RDPAccountant
 
     accountant = RDPAccountant()

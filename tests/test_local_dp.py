@@ -104,16 +104,18 @@ def test_noise_has_standard_deviation_z_c_over_the_expected_batch():
     assert dp.steps == 1 and dp.sample_rate == 0.25
 
 
+def _poisson(seed):
+    return PoissonEpochs(torch.arange(200.0), torch.arange(200), range(200), 20, torch.Generator().manual_seed(seed))
+
+
 def test_poisson_batches_sample_each_sample_with_rate_one_over_s():
-    src = PoissonEpochs(torch.arange(200.0), torch.arange(200), range(200), 20, torch.Generator().manual_seed(0))
+    src = _poisson(0)
     assert src.num_batches == 10 and src.sample_rate == 0.1
     sizes = [len(y) for _ in range(50) for _, y in next(iter(src))]
     assert len(sizes) == 500 and sum(sizes) / len(sizes) == pytest.approx(20, rel=0.05)
     assert len(set(sizes)) > 5  # the sizes vary, as Poisson sampling makes them
-    again = PoissonEpochs(torch.arange(200.0), torch.arange(200), range(200), 20, torch.Generator().manual_seed(0))
-    first = next(iter(again))
-    assert all(torch.equal(a[1], b[1]) for a, b in zip(first, next(iter(PoissonEpochs(
-        torch.arange(200.0), torch.arange(200), range(200), 20, torch.Generator().manual_seed(0))))))
+    a, b = next(iter(_poisson(0))), next(iter(_poisson(0)))  # the same generator state, the same batches
+    assert all(torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import math
 
 
 from flcore.functional.averaging import StateDict
+from lightning_modules.dp import rdp_epsilon
 
 __all__ = ["clip_update", "noise_multiplier_for_updates", "epsilon_spent"]
 
@@ -59,14 +60,4 @@ def epsilon_spent(noise_multiplier: float, sample_rate: float, rounds: int, delt
     >>> epsilon_spent(1.0, 0.1, rounds=0, delta=1e-5), epsilon_spent(0.0, 0.1, rounds=5, delta=1e-5)
     (0.0, inf)
     """
-    if rounds == 0:
-        return 0.0
-    if noise_multiplier == 0:
-        return math.inf
-    try:
-        from opacus.accountants import RDPAccountant
-    except ImportError:
-        raise ImportError("DPFedAvg: privacy accounting needs Opacus: pip install 'flcore[dp]'") from None
-    accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, sample_rate, rounds)]
-    return float(accountant.get_epsilon(delta))
+    return rdp_epsilon(noise_multiplier, sample_rate, rounds, delta)  # one step per round
