@@ -5,7 +5,8 @@ line that names the field and what is allowed.
 data (set up here, so a missing file or an empty client is reported before a run folder exists),
 the strategy's hyper-parameters against the federation, the pairing of the strategy with the local
 objective (:func:`check_pairing`), the per-client Trainer settings, the network against the data's
-inputs and classes, and the heterogeneous-model setup.
+inputs and classes, and the heterogeneous-model setup; :func:`check_family` checks the
+per-architecture modules once the trainer has built them. Checks build nothing.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from lightning_modules.plain import PlainClient
 if TYPE_CHECKING:
     from flcore.trainer import FederatedTrainer
 
-__all__ = ["check_datamodule", "check_run", "check_local", "check_log_dir", "check_optimizer", "check_pairing", "check_architectures", "check_net", "check_feature_shapes", "dotted_name"]
+__all__ = ["check_datamodule", "check_run", "check_local", "check_log_dir", "check_optimizer", "check_pairing", "check_architectures", "check_family", "check_net", "check_feature_shapes", "dotted_name"]
 
 
 def _resolve(path: str) -> type:
@@ -46,8 +47,7 @@ def check_pairing(strategy: Strategy, model: L.LightningModule) -> None:
     """Refuse a strategy and a local objective that do not make one method.
 
     ``strategy.client_objective`` (e.g. SCAFFOLD's server needs ``ScaffoldModule``) and
-    ``model.server_strategies`` (e.g. ``ScaffoldModule`` needs ``Scaffold`` or
-    ``HeteroScaffold``) are both checked, by ``isinstance``, so subclasses count.
+    ``model.server_strategies`` (e.g. ``ScaffoldModule`` needs ``Scaffold``) are both checked, by ``isinstance``, so subclasses count.
 
     A user's own LightningModule (:class:`PlainClient`) pairs with every strategy whose
     :meth:`Strategy.client_terms` are defined; they are set on the module here.
@@ -246,12 +246,13 @@ def check_log_dir(log_dir: str) -> None:
 
 
 def check_run(trainer: FederatedTrainer, model: L.LightningModule, datamodule
-              ) -> tuple[dict[str, L.LightningModule] | None, list[str]]:
-    """Every check that can fail before training. Sets up ``datamodule``.
+              ) -> tuple[list[str | None], list[str | None]]:
+    """Every check that can fail before training, but those of the per-architecture modules
+    (:func:`check_family`, once they are built). Sets up ``datamodule``.
 
     Returns:
-        ``(modules, client_arch)``: one LightningModule per architecture and each client's
-        architecture in heterogeneous-model runs; ``(None, [])`` otherwise.
+        ``(architectures, client_arch)``: the run's architecture names and each client's
+        architecture; ``([None], [None] * num_clients)`` in a homogeneous run (a family of one).
 
     Raises:
         ConfigError: naming the field, before any run folder or checkpoint is written.
@@ -290,19 +291,19 @@ def check_run(trainer: FederatedTrainer, model: L.LightningModule, datamodule
             raise ConfigError(reason)
     if trainer.architectures is not None or trainer.client_architectures is not None:
         return check_architectures(trainer, model, datamodule)
-    if isinstance(trainer.strategy, HeterogeneousStrategy):
+    if isinstance(trainer.strategy, HeterogeneousStrategy) and not trainer.strategy.runs_homogeneous:
         raise ConfigError(f"trainer.architectures: {type(trainer.strategy).__name__} is a heterogeneous-model strategy; "
                           f"list the clients' architectures, e.g. [resnet10, resnet14, resnet18, resnet22, resnet26]")
-    return None, []
+    return [None], [None] * n
 
 
-def check_architectures(trainer: FederatedTrainer, model, datamodule) -> tuple[dict[str, L.LightningModule], list[str]]:
-    """Per-architecture modules and each client's architecture (FedIN paper, Sec. 3).
+def check_architectures(trainer: FederatedTrainer, model, datamodule) -> tuple[list[str], list[str]]:
+    """The run's architecture names and each client's architecture (FedIN paper, Sec. 3).
 
     Raises:
         ConfigError: a net that is no model family, unknown or missing names, a per-client list
-            of the wrong length, a strategy that is not a :class:`HeterogeneousStrategy`, or
-            (feature-exchanging strategies) feature shapes that differ between architectures.
+            of the wrong length, a strategy that is not a :class:`HeterogeneousStrategy`, or a
+            strategy that distils on public data without any (``data.public_size``).
     """
     names = list(trainer.architectures if trainer.architectures is not None
                  else dict.fromkeys(trainer.client_architectures or []))
@@ -333,15 +334,26 @@ def check_architectures(trainer: FederatedTrainer, model, datamodule) -> tuple[d
         trainer.strategy.validate_architectures(names)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    modules = {name: model.for_architecture(name) for name in names}
+    if trainer.strategy.needs_public_data and datamodule.x_public is None:
+        raise ConfigError(f"data.public_size: {type(trainer.strategy).__name__} distils on unlabelled server-held data; "
+                          f"set a fraction in (0, 1) or a count >= 1, e.g. 0.05")
+    return names, client_arch
+
+
+def check_family(trainer: FederatedTrainer, modules: dict[str | None, L.LightningModule], datamodule) -> None:
+    """The per-architecture modules of a heterogeneous run (:func:`flcore.family.family_modules`)
+    take the data, and (feature-exchanging strategies) their features agree. A homogeneous
+    run's one module was checked by :func:`check_run`.
+
+    Raises:
+        ConfigError: as :func:`check_net` and :func:`check_feature_shapes`.
+    """
+    if list(modules) == [None]:
+        return
     for module in modules.values():
         check_net(module, datamodule)
     if trainer.strategy.exchanges_features:
         check_feature_shapes(modules, datamodule)
-    if trainer.strategy.needs_public_data and datamodule.x_public is None:
-        raise ConfigError(f"data.public_size: {type(trainer.strategy).__name__} distils on unlabelled server-held data; "
-                          f"set a fraction in (0, 1) or a count >= 1, e.g. 0.05")
-    return modules, client_arch
 
 
 def check_feature_shapes(modules: dict[str, L.LightningModule], datamodule) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from flcore.functional import model_geometry, trained_keys
-from flcore.messages import ClientResult, ClientTask
+from flcore.messages import ClientResult, ClientTask, payload_items
 
 __all__ = ["client_drift", "middleware_stats", "payload_bytes", "nonfinite_entries"]
 
@@ -41,11 +41,11 @@ def middleware_stats(models: list[dict[str, torch.Tensor]]) -> dict[str, float]:
             "analysis/middleware_to_mean_max": float(geo["to_mean"].max())} if k > 1 else {}
 
 
-def payload_bytes(payload: dict[str, Any]) -> int:
-    """Bytes of the tensors in a payload, nested dicts included (client state is a separate
-    field, never counted)."""
+def payload_bytes(payload: Any) -> int:
+    """Bytes of the tensors in a payload (a method pair's dataclass or a dict), nested dicts
+    included (client state is a separate field, never counted)."""
     total = 0
-    for v in payload.values():
+    for v in payload_items(payload).values():
         if isinstance(v, torch.Tensor):
             total += v.numel() * v.element_size()
         elif isinstance(v, dict):

@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from flcore.checkpoint import load_checkpoint, resolve_ckpt_path
-from flcore.checks import check_architectures, check_datamodule
+from flcore.checks import check_architectures, check_datamodule, check_family
+from flcore.family import family_modules
 from flcore.errors import ConfigError
 from flcore.local import LocalRunner
-from flcore.strategies.base import Strategy
 from flcore.metric_names import GLOBAL, global_metric
 from lightning_modules.plain import as_client
 
-__all__ = ["global_models", "evaluate_global", "evaluate_clients", "client_accuracy_stats", "classes_from_data",
+__all__ = ["evaluate_global", "evaluate_clients", "client_accuracy_stats", "classes_from_data",
            "evaluate_checkpoint"]
-
-
-def global_models(strategy: Strategy, state: Any, hetero: bool) -> dict[str | None, dict[str, torch.Tensor]]:
-    """The models to evaluate: ``{None: strategy.global_model(state)}``, or in a heterogeneous run
-    ``strategy.global_models(state)`` (one per architecture)."""
-    return strategy.global_models(state) if hetero else {None: strategy.global_model(state)}
 
 
 def evaluate_global(runner: LocalRunner, models: dict[str | None, dict[str, torch.Tensor]], stage: str = "test",
@@ -56,27 +49,22 @@ def evaluate_global(runner: LocalRunner, models: dict[str | None, dict[str, torc
 
 
 def evaluate_clients(runner: LocalRunner, models: dict[str | None, dict[str, torch.Tensor]],
-                     client_arch: list[str], test_size: int,
+                     client_arch: list[str | None], test_size: int,
                      local_bn: dict[int, dict[str, torch.Tensor]] | None = None) -> np.ndarray:
     """``(num_clients,)`` accuracies of the global model(s) on each client's local test data
     (:meth:`FederatedDataModule.client_test_sets` with ``test_size`` samples per client; NaN for a
-    client without test data). In a heterogeneous run each client uses its architecture's model
-    (``client_arch[c]``); a client with local BatchNorm entries (``local_bn``, FedBN) is
+    client without test data). Each client uses its architecture's model (``client_arch[c]``,
+    ``None`` for every client of a homogeneous run); a client with local BatchNorm entries (``local_bn``, FedBN) is
     evaluated with them."""
     sets = runner.datamodule.client_test_sets(test_size)
-    hetero = None not in models
-
-    def arch_of(c: int) -> str | None:
-        return client_arch[c] if hetero else None
-
     accs = np.full(len(sets), np.nan)
     local_bn = local_bn or {}
     for c, entries in local_bn.items():
         if len(sets[c]):
-            own = {**models[arch_of(c)], **entries}
-            accs[c] = float(runner.sample_correct(own, sets[c], arch=arch_of(c)).float().mean())
+            own = {**models[client_arch[c]], **entries}
+            accs[c] = float(runner.sample_correct(own, sets[c], arch=client_arch[c]).float().mean())
     for arch, arch_state in models.items():
-        clients = [c for c in range(len(sets)) if (arch is None or client_arch[c] == arch) and c not in local_bn]
+        clients = [c for c in range(len(sets)) if client_arch[c] == arch and c not in local_bn]
         union, inverse = np.unique(np.concatenate([sets[c] for c in clients] or [np.zeros(0, np.int64)]),
                                    return_inverse=True)
         correct = runner.sample_correct(arch_state, union, arch=arch).numpy()[inverse]
@@ -126,16 +114,17 @@ def evaluate_checkpoint(trainer, model, datamodule, ckpt_path: str | None, stage
         datamodule.setup(stage)
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(str(err)) from None
-    trainer._modules = None
     model = as_client(model)
+    names, client_arch = [None], [None] * datamodule.num_clients  # a family of one
     if trainer.architectures is not None or trainer.client_architectures is not None:
-        trainer._modules, trainer._client_arch = check_architectures(trainer, model, datamodule)
-        trainer.strategy.bind(trainer._client_arch)
-    classes_from_data(trainer._modules or {None: model}, datamodule)
-    runner = LocalRunner(trainer._modules if trainer._modules is not None else model, datamodule, trainer.local, 0,
-                         trainer.callbacks)
+        names, client_arch = check_architectures(trainer, model, datamodule)
+    trainer._modules, trainer._client_arch = family_modules(model, names), client_arch
+    check_family(trainer, trainer._modules, datamodule)
+    trainer.strategy.bind(client_arch)
+    classes_from_data(trainer._modules, datamodule)
+    runner = LocalRunner(trainer._modules, datamodule, trainer.local, 0, trainer.callbacks)
     try:
-        result = evaluate_global(runner, trainer._global_models(ckpt["strategy_state"]), stage, with_val=False)
+        result = evaluate_global(runner, trainer.strategy.global_models(trainer.strategy.upgrade_state(ckpt["strategy_state"])), stage, with_val=False)
         result = {k.removeprefix(GLOBAL): v for k, v in result.items()}
     except (KeyError, RuntimeError) as err:
         raise ConfigError(

@@ -218,13 +218,14 @@ def resume_point(trainer, ckpt_path: str | None, datamodule) -> tuple[int, dict 
     trainer.run_id = ckpt.get("run_id") or trainer.run_id
     trainer.history = list(ckpt.get("history", []))
     trainer._wall_before = float(ckpt.get("wall_time_s", 0.0))
-    return ckpt["round"], ckpt["strategy_state"], ckpt.get("version"), ckpt
+    return ckpt["round"], trainer.strategy.upgrade_state(ckpt["strategy_state"]), ckpt.get("version"), ckpt
 
 
 def initial_state(trainer, runner, datamodule) -> dict[str, Any]:
     """The strategy's state at round 0, from the freshly built nets (after the data's own
-    initialisation of them, e.g. Sent140's GloVe embeddings): one model, or one per
-    architecture in heterogeneous runs.
+    initialisation of them, e.g. Sent140's GloVe embeddings), through
+    :meth:`Strategy.initialize_family <flcore.strategies.Strategy.initialize_family>`: one state
+    per architecture, ``{None: state}`` in a homogeneous run.
 
     Raises:
         ConfigError: the data cannot initialise the net.
@@ -235,10 +236,8 @@ def initial_state(trainer, runner, datamodule) -> dict[str, Any]:
     except (ValueError, OSError) as err:
         raise ConfigError(str(err)) from None
     init = {a: {k: v.detach().to("cpu", copy=True) for k, v in m.net.state_dict().items()}
-            for a, m in runner.modules.items()}
-    if trainer._modules is None:  # one model
-        init = next(iter(init.values()))
-    return trainer.strategy.initialize(init, trainer.clients_per_round, num_clients=datamodule.num_clients)
+            for a, m in runner.modules.items()}  # {None: state} in a homogeneous run: a family of one
+    return trainer.strategy.initialize_family(init, trainer.clients_per_round, num_clients=datamodule.num_clients)
 
 
 def open_run_folder(trainer, start: int, version: int | None, ckpt: dict | None, seed: int, datamodule):
@@ -269,7 +268,7 @@ def record_round(trainer, runner, logger, completed: int, state: dict[str, Any],
     TensorBoard and ``metrics.csv``. Adds the client figures to ``metrics``."""
     every = trainer.client_eval_every
     if every and (completed % every == 0 or completed == trainer.rounds or last):
-        accs = evaluate_clients(runner, trainer._global_models(state), trainer._client_arch, trainer.client_test_size,
+        accs = evaluate_clients(runner, trainer.strategy.global_models(state), trainer._client_arch, trainer.client_test_size,
                                 dict(trainer.client_store.items("bn")))
         metrics.update(client_accuracy_stats(accs))
         logger.experiment.add_histogram("clients/test_acc", accs, global_step=completed)

@@ -120,6 +120,7 @@ class _ClientSchedule(L.Callback):
             source = self.runner.client_state_source
             module.receive_client_state(task.client_state if task.client_state is not None or source is None
                                         else source(task.cid))
+        module.current_round = task.rnd
         module.configure_client(task.payload)
         for optimizer in self.trainer.optimizers:  # a fresh optimizer for every client, as in the papers
             optimizer.state.clear()

@@ -104,6 +104,7 @@ def fit_plain(runner, module, tasks: list[ClientTask], rnd: int) -> list[ClientR
                 source_of = runner.client_state_source
                 module.load_client_state(task.client_state if task.client_state is not None or source_of is None
                                          else source_of(task.cid))
+            module.current_round = task.rnd
             module.configure_client(task.payload)
             seed = derive_seed(runner.seed, rnd, task.cid, STREAM_CLIENT)
             source = runner.datamodule.client_batches(task.cid, generator=torch.Generator().manual_seed(seed))

@@ -55,6 +55,8 @@ def run_round(trainer: FederatedTrainer, rnd: int, state: dict[str, Any], store:
                              round_rng(seed, rnd, STREAM_SAMPLER))
     rng = round_rng(seed, rnd, STREAM_STRATEGY)
     tasks: list[ClientTask] = strategy.configure_fit(rnd, clients, state, rng)
+    for task in tasks:
+        task.rnd = rnd
     store.begin(rnd + 1)
     # in this process the runner asks the store just before each client trains, and hands each
     # result over as soon as it is done (a round holds about one participant's state and upload)
@@ -87,7 +89,7 @@ def run_round(trainer: FederatedTrainer, rnd: int, state: dict[str, Any], store:
             store.stage("module", r.cid, r.client_state)
             r.client_state = None
         if trainer.bn_policy != "average":  # cloned: aggregation may reuse the results' tensors
-            store.stage("bn", r.cid, {k: r.state[k].clone() for k in trainer._bn_keys.get(trainer._arch_of(r.cid), [])})
+            store.stage("bn", r.cid, {k: r.state[k].clone() for k in trainer._bn_keys.get(trainer._client_arch[r.cid], [])})
         if ParkedModels.may_lend(reuse, r.slot, len(taken), len(tasks)):  # old model to disk, result into its memory
             parked.lend(r, reuse[r.slot])
         if acc is not None:
@@ -135,7 +137,7 @@ def run_round(trainer: FederatedTrainer, rnd: int, state: dict[str, Any], store:
     if any("dp_epsilon" in r.metrics for r in results):  # local DP-SGD: the most-spent participant
         metrics["clients/dp_epsilon_max"] = max(r.metrics.get("dp_epsilon", 0.0) for r in results)
     if force_eval or (rnd + 1) % trainer.eval_every == 0 or rnd + 1 == trainer.rounds:
-        metrics.update(evaluate_global(runner, trainer._global_models(state)))
+        metrics.update(evaluate_global(runner, trainer.strategy.global_models(state)))
         if not math.isfinite(metrics[TEST_LOSS]):
             raise DivergedError(f"round {rnd + 1}: the global model diverged (test loss "
                                 f"{metrics[TEST_LOSS]}); lower the learning rate or check the data")

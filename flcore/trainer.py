@@ -12,13 +12,14 @@ from typing import Any
 import lightning as L
 
 from flcore.batchnorm import bn_entries
-from flcore.checks import check_datamodule, check_run
+from flcore.checks import check_datamodule, check_family, check_run
 from flcore.client_store import ClientStateStore
 from flcore.config_record import python_run_config
 from flcore.dispatched import ParkedModels
 from flcore.errors import ClientFailureError, RunInterrupted
-from flcore.evaluation import (classes_from_data, evaluate_checkpoint, global_models)
+from flcore.evaluation import classes_from_data, evaluate_checkpoint
 from flcore.executors import Executor, SequentialExecutor
+from flcore.family import family_modules
 from flcore.interrupts import check as check_stop, stop_on_signals
 from flcore.lifecycle import (finish_run, initial_state, open_run_folder, record_round, resume_point, save_run,
                               summarize_run, write_run_results)
@@ -172,8 +173,8 @@ class FederatedTrainer:
         self.on_client_failure = on_client_failure
         self.architectures = list(architectures) if architectures is not None else None
         self.client_architectures = list(client_architectures) if client_architectures is not None else None
-        self._modules: dict[str, L.LightningModule] | None = None  # per architecture (heterogeneous runs)
-        self._client_arch: list[str] = []
+        self._modules: dict[str | None, L.LightningModule] = {}  # per architecture ({None: model}: one)
+        self._client_arch: list[str | None] = []  # each client's architecture
         self.report_best_test = bool(report_best_test)
         self.model_stats_every = model_stats_every
         self.bn_policy = bn_policy
@@ -194,10 +195,12 @@ class FederatedTrainer:
         """Every check that can fail before training (:func:`flcore.checks.check_run`); returns
         the client module (a user's own LightningModule wrapped: :func:`as_client`)."""
         model = as_client(model)
-        self._modules, self._client_arch = check_run(self, model, datamodule)
-        for module in (self._modules or {None: model}).values():
+        names, self._client_arch = check_run(self, model, datamodule)
+        self._modules = family_modules(model, names)  # {None: model}: a family of one
+        check_family(self, self._modules, datamodule)
+        for module in self._modules.values():
             module.set_local_dp(self.local_dp)
-        classes_from_data(self._modules or {None: model}, datamodule)
+        classes_from_data(self._modules, datamodule)
         return model
 
     # ------------------------------------------------------------------ fit
@@ -223,14 +226,12 @@ class FederatedTrainer:
         if self.run_config is None or self.run_config.get("source") == "python":  # started from Python
             self.run_config = python_run_config(self, model, datamodule, seed)
         start, state, version, ckpt = resume_point(self, ckpt_path, datamodule)
-        hetero = self._modules is not None
-        self._bn_keys = {arch: bn_entries(m.net, self.bn_policy) for arch, m in (self._modules or {None: model}).items()}
-        runner = LocalRunner(self._modules if hetero else model, datamodule, self.local, seed, self.callbacks)
-        if hetero:
-            self.strategy.bind(self._client_arch)
-            if self.strategy.needs_public_data:
-                self.strategy.bind_server({a: copy.deepcopy(m.net).cpu() for a, m in runner.modules.items()},
-                                          datamodule.public_inputs())
+        self._bn_keys = {arch: bn_entries(m.net, self.bn_policy) for arch, m in self._modules.items()}
+        runner = LocalRunner(self._modules, datamodule, self.local, seed, self.callbacks)
+        self.strategy.bind(self._client_arch)
+        if self.strategy.needs_public_data:
+            self.strategy.bind_server({a: copy.deepcopy(m.net).cpu() for a, m in runner.modules.items()},
+                                      datamodule.public_inputs())
         self.sampler.setup(datamodule.client_sizes)
         if ckpt_path:
             self.sampler.load_state_dict(ckpt.get("sampler", {}))
@@ -283,12 +284,6 @@ class FederatedTrainer:
         finish_run(self, logger, seed, status, datamodule)
         return summarize_run(self.history, time.perf_counter() - t0, self.run_dir, type(self.strategy).__name__,
                              self.report_best_test)
-
-    def _arch_of(self, cid: int) -> str | None:
-        return self._client_arch[cid] if self._modules is not None else None
-
-    def _global_models(self, state) -> dict:
-        return global_models(self.strategy, state, self._modules is not None)
 
     # ------------------------------------------------------------------ evaluate a checkpoint
     def validate(self, model: L.LightningModule, datamodule=None, ckpt_path: str | None = "last") -> dict[str, float]:

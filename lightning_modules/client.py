@@ -116,6 +116,10 @@ class ClientModule(L.LightningModule):
         self._direct = False  # per fit: see _plain_steps
         self._recording = True  # whether training steps keep their metrics (EarlierEpoch)
         self.local_dp: DPSteps | None = None  # local DP-SGD (set_local_dp)
+        #: The 0-based round of the client update in progress (``ClientTask.rnd``), set by the
+        #: local runner before :meth:`configure_client` (FedGen's decaying weights, ScaleFL's
+        #: distillation start read it).
+        self.current_round = 0
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
 
@@ -191,9 +195,11 @@ class ClientModule(L.LightningModule):
             return own
         return {**(own or {}), LEDGER_KEY: self.local_dp.steps_before + self.local_dp.steps}
 
-    def configure_client(self, payload: dict[str, Any]) -> None:
-        """Receive the strategy's extra payload before training; ``net`` already holds the
-        dispatched weights and :meth:`load_client_state` has run. The base objective needs none."""
+    def configure_client(self, payload: Any) -> None:
+        """Receive the strategy's extra payload before training (``ClientTask.payload``: the
+        method pair's task dataclass, or a ``dict``); ``net`` already holds the dispatched
+        weights, :meth:`load_client_state` has run and :attr:`current_round` is set. The base
+        objective needs none."""
 
     def on_client_start(self) -> None:
         """Called at the start of every client's local update, inside the fit, after
@@ -202,9 +208,10 @@ class ClientModule(L.LightningModule):
         tensors on the device (FedProx's anchor, SCAFFOLD's correction) do it here: one fit may
         train several clients, so ``on_train_start`` runs once per group, not per client."""
 
-    def client_upload(self) -> dict[str, Any]:
-        """Extra data to send to the server after training (e.g. SCAFFOLD's control-variate
-        change), counted as communication."""
+    def client_upload(self) -> Any:
+        """Extra data to send to the server after training (``ClientResult.payload``: the method
+        pair's upload dataclass, e.g. SCAFFOLD's control-variate change, or a ``dict``), counted
+        as communication."""
         return {}
 
     def training_loss(self, logits: Tensor, y: Tensor, x: Tensor) -> Tensor:

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import OptimizerCallable
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_modules.client import ClientModule, default_optimizer
 from lightning_modules.models.generator import FeatureGenerator
 from lightning_modules.models.protocols import SplitNet
 
-__all__ = ["FedGenModule", "check_feature_split"]
+__all__ = ["FedGenModule", "check_feature_split", "GeneratorTask", "LabelCounts"]
+
+
+@dataclass
+class GeneratorTask:
+    """What a FedGen client receives besides its model once the server has trained the
+    generator (FedGen, Zhu et al., ICML 2021, Alg. 1): the generator's state_dict."""
+
+    generator: dict[str, Tensor]
+
+
+@dataclass
+class LabelCounts:
+    """What a FedGen client uploads besides its model: how many of its training samples carry
+    each label, ``counts`` ``(C,)`` int64 on the CPU (the server's teacher weights, Eq. 4)."""
+
+    counts: Tensor
 
 
 def check_feature_split(net: nn.Module) -> None:
@@ -62,12 +79,11 @@ class FedGenModule(ClientModule):
         self._alpha = self._beta = 0.0
         self.register_buffer("label_counts", torch.zeros(net.num_classes, dtype=torch.long), persistent=False)
 
-    def configure_client(self, payload: dict[str, Any]) -> None:
-        gen = payload.get("generator")
-        self._active = gen is not None
+    def configure_client(self, payload: Any) -> None:
+        self._active = isinstance(payload, GeneratorTask)
         if self._active:
-            self.generator.load_state_dict(gen)
-            t = int(payload.get("round", 0))
+            self.generator.load_state_dict(payload.generator)
+            t = self.current_round
             self._alpha = self.generative_alpha * self.decay**t
             self._beta = self.generative_beta * self.decay**t
         self.label_counts.zero_()
@@ -105,5 +121,5 @@ class FedGenModule(ClientModule):
         self._record(loss, logits, y)
         return loss
 
-    def client_upload(self) -> dict[str, Any]:
-        return {"label_counts": self.label_counts.detach().cpu().clone()}
+    def client_upload(self) -> LabelCounts:
+        return LabelCounts(self.label_counts.detach().cpu().clone())

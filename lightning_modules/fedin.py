@@ -3,6 +3,7 @@ training of the intermediate layers on server features, and gradient correction.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,7 +15,29 @@ from lightning_modules.client import default_optimizer
 from lightning_modules.fedprox import FedProxModule
 from lightning_modules.models.protocols import IntermediateNet
 
-__all__ = ["FedINModule", "corrected_in_gradient", "CORRECTIONS", "add_feature_noise"]
+__all__ = ["FedINModule", "corrected_in_gradient", "CORRECTIONS", "add_feature_noise", "FedINTask", "FedINUpload"]
+
+
+@dataclass
+class FedINTask:
+    """What a FedIN client receives besides its model (FedIN paper, Sec. III-B, Eq. 6-7): other
+    clients' intermediate-layer input / output features, ``s_in`` ``(M, ...)`` and ``s_out``
+    ``(M, ...)``, concatenated from ``len(batch_sizes)`` uploaded batches of ``batch_sizes[j]``
+    rows each."""
+
+    s_in: Tensor
+    s_out: Tensor
+    batch_sizes: Tensor
+
+
+@dataclass
+class FedINUpload:
+    """What a FedIN client uploads besides its model (Eq. 4-5): one batch of its noised
+    intermediate input / output features, ``s_in`` ``(B, ...)`` and ``s_out`` ``(B, ...)``, on
+    the CPU."""
+
+    s_in: Tensor
+    s_out: Tensor
 
 CORRECTIONS = ("eq12", "eq13", "none")
 
@@ -151,13 +174,12 @@ class FedINModule(FedProxModule):
             raise ValueError("trainer.local.precision: FedIN combines two gradients by hand; use 32 or bf16-mixed, "
                              "not fp16 with gradient scaling")
 
-    def configure_client(self, payload: dict[str, Any]) -> None:
+    def configure_client(self, payload: Any) -> None:
         super().configure_client(payload)
         self._server, self._cursor, self._upload_x = [], 0, None
-        feats = payload.get("server_features")
-        if feats is not None and self.in_training:
-            sizes = [int(n) for n in feats["batch_sizes"]]
-            self._server = list(zip(feats["s_in"].split(sizes), feats["s_out"].split(sizes)))
+        if isinstance(payload, FedINTask) and self.in_training:
+            sizes = [int(n) for n in payload.batch_sizes]
+            self._server = list(zip(payload.s_in.split(sizes), payload.s_out.split(sizes)))
 
     def on_client_start(self) -> None:
         super().on_client_start()
@@ -192,10 +214,11 @@ class FedINModule(FedProxModule):
             self._upload_x = x.detach()
         return loss
 
-    def client_upload(self) -> dict[str, Any]:
-        """One batch of client features ``{"features": {"s_in", "s_out"}}`` (Eq. 4-5, CPU)."""
+    def client_upload(self) -> FedINUpload | None:
+        """One batch of client features (:class:`FedINUpload`, Eq. 4-5, CPU); ``None`` before
+        any training step."""
         if self._upload_x is None:
-            return {}
+            return None
         was = self.net.training
         self.net.eval()
         with torch.no_grad():
@@ -207,4 +230,4 @@ class FedINModule(FedProxModule):
         self.net.train(was)
         s_in, s_out = add_feature_noise(s_in.float(), self.noise_k), add_feature_noise(s_out.float(), self.noise_k)
         self._upload_x = None
-        return {"features": {"s_in": s_in.detach().cpu().contiguous(), "s_out": s_out.detach().cpu()}}
+        return FedINUpload(s_in.detach().cpu().contiguous(), s_out.detach().cpu())

@@ -41,7 +41,7 @@ class FedProxModule(ClientModule):
         self.mu = float(mu)
         self._anchor: list[Tensor] = []
 
-    def configure_client(self, payload: dict[str, Any]) -> None:
+    def configure_client(self, payload: Any) -> None:
         self._anchor = [p.detach().clone() for p in self.net.parameters()]
 
     def on_client_start(self) -> None:

@@ -111,7 +111,7 @@ class MoonModule(ClientModule):
     def load_client_state(self, state: dict[str, Any] | None) -> None:
         self._prev = (state or {}).get("prev")
 
-    def configure_client(self, payload: dict[str, Any]) -> None:
+    def configure_client(self, payload: Any) -> None:
         if self.global_net is None:
             self.global_net = copy.deepcopy(self.net).requires_grad_(False)
             self.prev_net = copy.deepcopy(self.net).requires_grad_(False)

@@ -65,12 +65,15 @@ class PlainClient(ClientModule):
         for term in self._stateful:
             term.load_client_state(state)
 
-    def configure_client(self, payload: dict[str, Any]) -> None:
+    def configure_client(self, payload: Any) -> None:
         for term in self._stateful:
             term.configure_client(payload)
 
-    def client_upload(self) -> dict[str, Any]:
-        return {k: v for term in self._stateful for k, v in term.client_upload().items()}
+    def client_upload(self) -> Any:
+        """The stateful term's upload (SCAFFOLD's :class:`~lightning_modules.terms.ScaffoldUpload`),
+        ``None`` without one."""
+        uploads = [u for u in (term.client_upload() for term in self._stateful) if u is not None]
+        return uploads[0] if uploads else None
 
     def client_state(self) -> dict[str, Any] | None:
         merged = {k: v for term in self._stateful for k, v in (term.client_state() or {}).items()}

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from lightning.pytorch.cli import OptimizerCallable
 
 from lightning_modules.client import ClientModule, default_optimizer
-from lightning_modules.terms import option2_update
+from lightning_modules.terms import ScaffoldTask, ScaffoldUpload, option2_update
 
 __all__ = ["ScaffoldModule"]
 
@@ -26,16 +26,18 @@ class ScaffoldModule(ClientModule):
     ``c_i+ = c_i - c + (x - y) / (K * lr)``; the module uploads ``delta_c = c_i+ - c_i`` and
     keeps ``c_i+`` as client state. ``lr`` is the optimizer's first-group learning rate.
 
-    Payload in: ``{"c": {param: tensor}}``; client state ``{"c_i": {param: tensor}}``; a missing
-    entry means zeros. Upload: ``{"delta_c": {...}}``; client state kept: ``{"c_i": {...}}``.
-    Pairs with ``flcore.strategies.Scaffold`` or ``HeteroScaffold`` (checked before training).
+    Payload in: :class:`~lightning_modules.terms.ScaffoldTask` (``c``); client state
+    ``{"c_i": {param: tensor}}``; a missing entry means zeros. Upload:
+    :class:`~lightning_modules.terms.ScaffoldUpload` (``delta_c``); client state kept:
+    ``{"c_i": {...}}``.
+    Pairs with ``flcore.strategies.Scaffold`` (one model or a model family; checked before training).
 
     Raises:
         ValueError: (``check_local_config``) fp16 precision with gradient scaling, which skips
             steps on overflow and so breaks the step count K of the update.
     """
 
-    server_strategies = ("flcore.strategies.Scaffold", "flcore.strategies.HeteroScaffold")
+    server_strategies = ("flcore.strategies.Scaffold",)
     keeps_client_state = True
 
     def __init__(self, net: nn.Module, optimizer: OptimizerCallable = default_optimizer, channels_last: bool = False):
@@ -59,9 +61,9 @@ class ScaffoldModule(ClientModule):
     def load_client_state(self, state: dict[str, Any] | None) -> None:
         self._ci_in = (state or {}).get("c_i", {})
 
-    def configure_client(self, payload: dict[str, Any]) -> None:
+    def configure_client(self, payload: Any) -> None:
         named = list(self.net.named_parameters())
-        c, ci = payload.get("c", {}), self._ci_in
+        c, ci = payload.c if isinstance(payload, ScaffoldTask) else {}, self._ci_in
         self._new_ci = None
         self._c = [c[n].detach().clone() if n in c else torch.zeros_like(p) for n, p in named]
         self._ci = [ci[n].detach().clone() if n in ci else torch.zeros_like(p) for n, p in named]
@@ -91,11 +93,11 @@ class ScaffoldModule(ClientModule):
                                           self._lr)
         return self._new_ci
 
-    def client_upload(self) -> dict[str, Any]:
+    def client_upload(self) -> ScaffoldUpload | None:
         new_ci = self._updated_ci()
         if new_ci is None:
-            return {}
-        return {"delta_c": {n: (a - b).cpu() for (n, a), b in zip(new_ci.items(), self._ci)}}
+            return None
+        return ScaffoldUpload({n: (a - b).cpu() for (n, a), b in zip(new_ci.items(), self._ci)})
 
     def client_state(self) -> dict[str, Any] | None:
         new_ci = self._updated_ci()

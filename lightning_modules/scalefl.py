@@ -81,8 +81,8 @@ class ScaleFLModule(ClientModule):
         self.kd_gamma, self.temperature, self.kd_start_round = float(kd_gamma), float(temperature), int(kd_start_round)
         self._gamma = 0.0
 
-    def configure_client(self, payload: dict[str, Any]) -> None:
-        self._gamma = self.kd_gamma if int(payload.get("round", 0)) >= self.kd_start_round else 0.0
+    def configure_client(self, payload: Any) -> None:
+        self._gamma = self.kd_gamma if self.current_round >= self.kd_start_round else 0.0
 
     def batch_loss(self, batch):
         """:func:`exit_loss` on one mini-batch; records the deepest exit's metrics."""

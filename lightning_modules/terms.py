@@ -8,6 +8,7 @@ user's ``training_step``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -15,7 +16,24 @@ import torch
 
 from torch import Tensor
 
-__all__ = ["ProximalTerm", "ControlVariates", "option2_update"]
+__all__ = ["ProximalTerm", "ControlVariates", "option2_update", "ScaffoldTask", "ScaffoldUpload"]
+
+
+@dataclass
+class ScaffoldTask:
+    """What a SCAFFOLD client receives besides the global model x (Karimireddy et al., ICML
+    2020, Alg. 1, line 6): the server control variate ``c`` (``{param name: tensor}``, each of
+    its parameter's shape; a missing entry means zeros, as in round 0)."""
+
+    c: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class ScaffoldUpload:
+    """What a SCAFFOLD client uploads besides its model (Alg. 1, line 13): ``delta_c = c_i+ -
+    c_i`` per parameter (``{param name: tensor}`` on the CPU)."""
+
+    delta_c: dict[str, Tensor]
 
 
 class ProximalTerm(L.Callback):
@@ -73,8 +91,8 @@ class ControlVariates(L.Callback):
     the K local steps ``c_i+`` (:func:`option2_update`, ``lr`` = the first optimizer's first-group
     learning rate) is kept as the client's state and ``delta_c = c_i+ - c_i`` uploaded.
 
-    Payload in: ``{"c": {param: tensor}}``; client state ``{"c_i": {...}}`` (missing entries are
-    zeros); upload ``{"delta_c": {...}}``. Parameter names are the module's ``named_parameters``.
+    Payload in: :class:`ScaffoldTask`; client state ``{"c_i": {...}}`` (missing entries are
+    zeros); upload :class:`ScaffoldUpload`. Parameter names are the module's ``named_parameters``.
     """
 
     keeps_client_state = True
@@ -94,9 +112,10 @@ class ControlVariates(L.Callback):
         """This client's ``{"c_i": ...}`` from its previous participation (``None``: zeros)."""
         self._ci_in = (state or {}).get("c_i", {})
 
-    def configure_client(self, payload: dict[str, Any]) -> None:
-        """The server control variate ``c`` of this round."""
-        self._payload_c = payload.get("c", {})
+    def configure_client(self, payload: Any) -> None:
+        """The server control variate ``c`` of this round (:class:`ScaffoldTask`; anything else:
+        zeros)."""
+        self._payload_c = payload.c if isinstance(payload, ScaffoldTask) else {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         named = list(pl_module.named_parameters())
@@ -122,11 +141,11 @@ class ControlVariates(L.Callback):
             self._new_ci = option2_update(self._names, self._ci, self._c, self._x, self._params, self._steps, self._lr)
         self._params = []
 
-    def client_upload(self) -> dict[str, Any]:
-        """``{"delta_c": {param: c_i+ - c_i}}`` on the CPU (``{}`` when no step was taken)."""
+    def client_upload(self) -> ScaffoldUpload | None:
+        """:class:`ScaffoldUpload` of ``c_i+ - c_i`` on the CPU (``None`` when no step was taken)."""
         if self._new_ci is None:
-            return {}
-        return {"delta_c": {n: (a - b).cpu() for (n, a), b in zip(self._new_ci.items(), self._ci)}}
+            return None
+        return ScaffoldUpload({n: (a - b).cpu() for (n, a), b in zip(self._new_ci.items(), self._ci)})
 
     def client_state(self) -> dict[str, Any] | None:
         """``{"c_i": c_i+}`` on the CPU, kept for the client's next participation."""

@@ -10,7 +10,8 @@ from flcore.client_store import checkpoint_client_states
 from flcore.local import LocalRunner
 from flcore.strategies import ClientResult, ClientTask, FedNova, Moon, Scaffold
 from lightning_modules import FedNovaModule, FedProxModule, MoonModule, ScaffoldModule
-from lightning_modules.fednova import momentum_a_norm
+from lightning_modules.fednova import FedNovaUpload, momentum_a_norm
+from lightning_modules.terms import ScaffoldTask, ScaffoldUpload
 from lightning_modules.moon import MoonNet, moon_contrastive_loss
 from lightning_modules.models import CNN
 from tests.conftest import QUICKSTART
@@ -64,7 +65,7 @@ def test_scaffold_corrected_step_and_option_ii_update():
     g = torch.Generator().manual_seed(1)
     c = {n: 0.01 * torch.randn(x0[n].shape, generator=g) for n in names}
     ci = {n: 0.01 * torch.randn(x0[n].shape, generator=g) for n in names}
-    res = runner.fit(ClientTask(cid=3, state=x0, payload={"c": c}, client_state={"c_i": ci}), rnd=0)
+    res = runner.fit(ClientTask(cid=3, state=x0, payload=ScaffoldTask(c), client_state={"c_i": ci}), rnd=0)
     # the gradient of the client's loss at x0
     mod.net.load_state_dict(x0)
     mod.net.zero_grad()
@@ -75,19 +76,19 @@ def test_scaffold_corrected_step_and_option_ii_update():
         assert torch.allclose(res.state[n], x0[n] - lr * (grad[n] - ci[n] + c[n]), atol=1e-5)
         # option II with K = 1: c_i+ = c_i - c + (x - y) / lr = g
         assert torch.allclose(res.client_state["c_i"][n], grad[n], atol=1e-4)
-        assert torch.allclose(res.payload["delta_c"][n], grad[n] - ci[n], atol=1e-4)
+        assert torch.allclose(res.payload.delta_c[n], grad[n] - ci[n], atol=1e-4)
 
 
 def test_scaffold_server_update_hand_computed():
     s = Scaffold(global_lr=0.5)
     state = s.initialize({"w": torch.tensor([0.0]), "bn.num_batches_tracked": torch.tensor(0)}, 2, num_clients=4)
     tasks = s.configure_fit(0, [1, 3], state, None)
-    assert tasks[0].payload == {"c": {}} and tasks[0].client_state is None  # c_i is the trainer's to fill
+    assert tasks[0].payload == ScaffoldTask({}) and tasks[0].client_state is None  # c_i is the trainer's to fill
     results = [
         ClientResult(1, 0, {"w": torch.tensor([2.0]), "bn.num_batches_tracked": torch.tensor(4)}, 10,
-                     payload={"delta_c": {"w": torch.tensor([1.0])}}),
+                     payload=ScaffoldUpload({"w": torch.tensor([1.0])})),
         ClientResult(3, 1, {"w": torch.tensor([6.0]), "bn.num_batches_tracked": torch.tensor(8)}, 30,
-                     payload={"delta_c": {"w": torch.tensor([3.0])}}),
+                     payload=ScaffoldUpload({"w": torch.tensor([3.0])})),
     ]
     new = s.aggregate_fit(0, results, state, None)
     assert new["global"]["w"].item() == pytest.approx(2.0)  # 0 + 0.5 * mean(2, 6), unweighted
@@ -95,7 +96,7 @@ def test_scaffold_server_update_hand_computed():
     assert new["global"]["bn.num_batches_tracked"].item() == 3  # 0.5 * 0 + 0.5 * 6
     assert state["c"] == {}  # the input state is not mutated
     task = s.configure_fit(1, [3], new, None)[0]
-    assert torch.equal(task.payload["c"]["w"], torch.tensor([1.0]))  # the new server control variate goes down
+    assert torch.equal(task.payload.c["w"], torch.tensor([1.0]))  # the new server control variate goes down
 
 
 def test_scaffold_refuses_fp16_scaling():
@@ -119,9 +120,9 @@ def test_fednova_normalized_averaging_hand_computed():
     state = s.initialize({"w": torch.tensor([0.0]), "bn.running_mean": torch.tensor([0.0])}, 2)
     results = [
         ClientResult(0, 0, {"w": torch.tensor([-2.0]), "bn.running_mean": torch.tensor([1.0])}, 1,
-                     payload={"tau": 2, "a_norm": 2.0, "param_keys": ["w"]}),
+                     payload=FedNovaUpload(2, 2.0, ("w",))),
         ClientResult(1, 1, {"w": torch.tensor([-8.0]), "bn.running_mean": torch.tensor([5.0])}, 3,
-                     payload={"tau": 4, "a_norm": 4.0, "param_keys": ["w"]}),
+                     payload=FedNovaUpload(4, 4.0, ("w",))),
     ]
     new = s.aggregate_fit(0, results, state, None)
     # p = (1/4, 3/4); d = (1, 2); tau_eff = 3.5; x = 0 - 3.5 * (0.25 + 1.5) = -6.125 (FedAvg: -6.5)
@@ -137,7 +138,7 @@ def test_fednova_module_reports_steps():
     init = {k: v.clone() for k, v in mod.net.state_dict().items()}
     res = runner.fit(ClientTask(cid=0, state=init), 0)
     tau = 2 * math.ceil(dm.client_sizes[0] / 20)
-    assert res.payload["tau"] == tau and res.payload["a_norm"] == pytest.approx(momentum_a_norm(tau, 0.5))
+    assert res.payload.tau == tau and res.payload.a_norm == pytest.approx(momentum_a_norm(tau, 0.5))
 
 
 # ---------------------------------------------------------------- MOON

@@ -150,6 +150,26 @@ def test_checkpoints_from_before_the_store_resume(tmp_path):
     assert_same_tree(checkpoint_client_states(ckpt_full, full.run_dir), checkpoint_client_states(ckpt, trainer.run_dir))
 
 
+def test_one_model_scaffold_checkpoints_resume(tmp_path):
+    """A SCAFFOLD checkpoint in the one-model layout that flcore wrote before one class served
+    homogeneous and heterogeneous runs (``{"global", "c", "num_clients"}``, no ``arch_keys``)
+    resumes as a family of one and continues exactly like the run that never stopped."""
+    full, ckpt_full = _scaffold(tmp_path, "full", 0)
+    half, _ = _scaffold(tmp_path, "half", 0, rounds=2)
+    old = load_checkpoint(half.run_dir / "checkpoints" / "round_00002.ckpt")
+    state = old["strategy_state"]
+    assert state["arch_keys"] == {None: list(state["global"])}
+    old["strategy_state"] = {"global": state["global"], "c": state["c"], "num_clients": 5}
+    legacy = half.run_dir / "checkpoints" / "round_00002.ckpt"
+    save_checkpoint(old, legacy)
+    trainer = FederatedTrainer(strategy=Scaffold(), rounds=4, clients_per_round=3, local={"max_epochs": 1},
+                               log_dir=str(tmp_path), name="half", client_state_mb=0, checkpoint_every=1,
+                               keep_checkpoints=2)
+    trainer.fit(_module(), datamodule=Digits(num_clients=5, batch_size=50, seed=0), ckpt_path=str(legacy))
+    ckpt = load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")
+    assert_same_tree(ckpt_full["strategy_state"], ckpt["strategy_state"])
+
+
 # ---------------------------------------------------------------- kill -9, then resume
 RUN = ["fit", "--config", "configs/quickstart.yaml", "--trainer.rounds", "4", "--trainer.clients_per_round", "3",
        "--trainer.local.max_epochs", "1", "--trainer.eval_every", "1", "--trainer.checkpoint_every", "1",

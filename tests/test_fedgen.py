@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from flcore.strategies import ClientResult, FedGen
 from flcore.functional import classifier_keys, teacher_weights
 from lightning_modules import FedGenModule
+from lightning_modules.fedgen import GeneratorTask, LabelCounts
 from lightning_modules.models import CNN, VGG16, FeatureGenerator, ResNet20
 from lightning_modules.models.generator import diversity_loss
 from tests.conftest import QUICKSTART
@@ -36,7 +37,7 @@ def test_generator_training_lowers_the_ensemble_loss():
     s = FedGen(generator_steps=60, generator_batch=64, diversity_weight=0.0, generator_lr=1e-2)
     heads = [torch.randn(4, 8) for _ in range(3)]
     uploads = [ClientResult(k, k, {"fc.weight": w, "fc.bias": torch.zeros(4)}, 10,
-                            payload={"label_counts": torch.tensor([5, 5, 0, 5])}) for k, w in enumerate(heads)]
+                            payload=LabelCounts(torch.tensor([5, 5, 0, 5]))) for k, w in enumerate(heads)]
     state = s.initialize({"fc.weight": torch.zeros(4, 8), "fc.bias": torch.zeros(4)}, 3)
     gen = FeatureGenerator(4, 8, s.noise_dim, s.hidden)
     gen.load_state_dict(state["generator"])
@@ -45,7 +46,7 @@ def test_generator_training_lowers_the_ensemble_loss():
     new = s.aggregate_fit(0, uploads, state, np.random.default_rng(0))
     assert new["generator_trained"] and not state["generator_trained"]
     task = s.configure_fit(1, [0], new, None)[0]
-    assert task.payload["round"] == 1 and "generator" in task.payload
+    assert isinstance(task.payload, GeneratorTask) and task.payload.generator is new["generator"]
 
 
 def test_client_loss_hand_computed():
@@ -56,7 +57,8 @@ def test_client_loss_hand_computed():
     with torch.no_grad():  # a generator that always outputs b
         gen.out.weight.zero_()
         gen.out.bias.copy_(b)
-    mod.configure_client({"generator": gen.state_dict(), "round": 1})  # alpha_t = 1, beta_t = 1.5
+    mod.current_round = 1  # set by the local runner from ClientTask.rnd
+    mod.configure_client(GeneratorTask(gen.state_dict()))  # alpha_t = 1, beta_t = 1.5
     x, y = torch.randn(5, 1, 8, 8), torch.full((5,), 2)
     mod.train()
     loss = mod.batch_loss((x, y))
@@ -65,7 +67,7 @@ def test_client_loss_hand_computed():
     expected = (F.cross_entropy(logits, y) + 1.0 * F.cross_entropy(head_b, y)
                 + 1.5 * F.kl_div(F.log_softmax(logits, 1), F.softmax(head_b, 1), reduction="batchmean"))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert mod.client_upload()["label_counts"].tolist() == [0, 0, 5, 0]
+    assert mod.client_upload().counts.tolist() == [0, 0, 5, 0]
 
 
 def test_without_generator_it_is_cross_entropy():

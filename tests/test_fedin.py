@@ -15,7 +15,7 @@ from flcore.local import LocalRunner
 from flcore.strategies import ClientResult, FedIN, HeteroFedAvg
 from flcore.messages import ClientTask
 from lightning_modules import ClientModule, FedINModule
-from lightning_modules.fedin import add_feature_noise, corrected_in_gradient
+from lightning_modules.fedin import FedINTask, add_feature_noise, corrected_in_gradient
 from lightning_modules.models import FAMILY_STAGES, HeteroResNet
 
 FEDIN_DIGITS = "configs/fedin_digits.yaml"
@@ -157,18 +157,17 @@ def test_in_training_changes_only_intermediate_layers():
     start = {k: v.clone() for k, v in net.state_dict().items()}
     runner = LocalRunner(FedINModule(net, mu=0.1, correction="eq13"), dm, {"max_epochs": 1, "accelerator": "cpu"}, seed=0)
     g = torch.Generator().manual_seed(5)
-    feats = {"s_in": torch.randn(16, 4, 8, 8, generator=g), "s_out": torch.randn(16, 32, generator=g).abs(),
-             "batch_sizes": torch.tensor([16])}
+    feats = FedINTask(torch.randn(16, 4, 8, 8, generator=g), torch.randn(16, 32, generator=g).abs(), torch.tensor([16]))
     plain = runner.fit(ClientTask(0, start, 0, {}), 0)
-    with_in = runner.fit(ClientTask(0, start, 0, {"server_features": feats}), 0)
+    with_in = runner.fit(ClientTask(0, start, 0, feats), 0)
     for k in start:
         same = torch.equal(plain.state[k], with_in.state[k])
         if k.startswith(("extractor.", "classifier.")):
             assert same, k
     assert any(not torch.equal(plain.state[k], with_in.state[k]) for k in start if k.startswith("intermediate."))
-    up = with_in.payload["features"]
+    up = with_in.payload
     n = len(dm.client_indices[0])
-    assert up["s_in"].shape == (n, 4, 8, 8) and up["s_out"].shape == (n, 32)
+    assert up.s_in.shape == (n, 4, 8, 8) and up.s_out.shape == (n, 32)
 
 
 # ----------------------------------------------------------------------------- runs

@@ -8,6 +8,9 @@ import torch
 
 from flcore.strategies import ClientResult, InclusiveFL
 from flcore.functional import block_of
+from lightning_modules.fednova import FedNovaUpload
+from lightning_modules.terms import ScaffoldUpload
+from lightning_modules.fedgen import GeneratorTask, LabelCounts
 
 
 def _inclusive(beta=0.5, local_top=True):
@@ -179,17 +182,19 @@ def _random_results(keys_per_client, seed=0, payload=None):
     return out
 
 
-def test_hetero_fednova_and_scaffold_equal_homogeneous_with_one_architecture():
+def test_fednova_and_scaffold_on_one_named_architecture_equal_the_homogeneous_run():
+    """A family of one named architecture (``trainer.architectures: [only]``) aggregates as the
+    unnamed family of a homogeneous run (a flat state_dict, no bind)."""
     import numpy as np
 
-    from flcore.strategies import FedNova, HeteroFedNova, HeteroScaffold, Scaffold
+    from flcore.strategies import FedNova, Scaffold
 
     keys = ["a", "b"]
     init = {"a": torch.zeros(3), "b": torch.ones(3)}
-    nova_payload = lambda cid, ks, g: {"a_norm": 3.0 + cid, "param_keys": ks}  # noqa: E731
-    scaf_payload = lambda cid, ks, g: {"delta_c": {k: torch.randn(3, generator=g) for k in ks}}  # noqa: E731
-    for homo, hetero, payload in ((FedNova(), HeteroFedNova(), nova_payload),
-                                  (Scaffold(global_lr=0.7), HeteroScaffold(global_lr=0.7), scaf_payload)):
+    nova_payload = lambda cid, ks, g: FedNovaUpload(1, 3.0 + cid, tuple(ks))  # noqa: E731
+    scaf_payload = lambda cid, ks, g: ScaffoldUpload({k: torch.randn(3, generator=g) for k in ks})  # noqa: E731
+    for homo, hetero, payload in ((FedNova(), FedNova(), nova_payload),
+                                  (Scaffold(global_lr=0.7), Scaffold(global_lr=0.7), scaf_payload)):
         hetero.bind(["only"] * 3)
         s_homo = homo.initialize(init, 3, num_clients=3)
         s_het = hetero.initialize({"only": init}, 3, num_clients=3)
@@ -203,18 +208,18 @@ def test_hetero_fednova_and_scaffold_equal_homogeneous_with_one_architecture():
 
 
 def test_hetero_scaffold_control_variate_per_key_owners():
-    from flcore.strategies import HeteroScaffold
+    from flcore.strategies import Scaffold
 
-    s = HeteroScaffold()
+    s = Scaffold()
     s.bind(["small", "large", "large"])  # key "b" is owned by 2 of the 3 clients
     state = s.initialize({"small": {"a": torch.zeros(1)}, "large": {"a": torch.zeros(1), "b": torch.zeros(1)}}, 2)
-    res = [ClientResult(0, 0, {"a": torch.ones(1)}, 1, payload={"delta_c": {"a": torch.tensor([3.0])}}),
+    res = [ClientResult(0, 0, {"a": torch.ones(1)}, 1, payload=ScaffoldUpload({"a": torch.tensor([3.0])})),
            ClientResult(1, 1, {"a": torch.ones(1), "b": torch.ones(1)}, 1,
-                        payload={"delta_c": {"a": torch.tensor([3.0]), "b": torch.tensor([4.0])}})]
+                        payload=ScaffoldUpload({"a": torch.tensor([3.0]), "b": torch.tensor([4.0])}))]
     new = s.aggregate_fit(0, res, state, None)
     assert new["c"]["a"].item() == pytest.approx(6.0 / 3) and new["c"]["b"].item() == pytest.approx(4.0 / 2)
     tasks = s.configure_fit(1, [0, 1], new, None)
-    assert sorted(tasks[0].payload["c"]) == ["a"] and sorted(tasks[1].payload["c"]) == ["a", "b"]
+    assert sorted(tasks[0].payload.c) == ["a"] and sorted(tasks[1].payload.c) == ["a", "b"]
 
 
 def test_scaffold_and_fednova_objectives_run_on_mixed_architectures(tmp_path):
@@ -222,12 +227,12 @@ def test_scaffold_and_fednova_objectives_run_on_mixed_architectures(tmp_path):
 
     from datamodules import Digits
     from flcore import FederatedTrainer
-    from flcore.strategies import HeteroFedNova, HeteroScaffold
+    from flcore.strategies import FedNova, Scaffold
     from lightning_modules import FedNovaModule, ScaffoldModule
     from lightning_modules.models import HeteroResNet
 
-    for name, strategy, module in (("scaffold", HeteroScaffold(), ScaffoldModule),
-                                   ("fednova", HeteroFedNova(), FedNovaModule)):
+    for name, strategy, module in (("scaffold", Scaffold(), ScaffoldModule),
+                                   ("fednova", FedNova(), FedNovaModule)):
         seed_everything(0)
         trainer = FederatedTrainer(strategy=strategy, rounds=2, clients_per_round=3, local={"max_epochs": 1},
                                    log_dir=str(tmp_path), name=name, architectures=["resnet10", "resnet14"])
@@ -317,14 +322,14 @@ def test_hetero_fedgen_trains_one_generator_on_every_architectures_head():
     state = s.initialize(init, 2)
     assert not state["generator_trained"] and s.configure_fit(0, [0, 1], state, None)[1].payload == {}
     counts = [torch.tensor([5] + [0] * 9), torch.tensor([0] * 9 + [5])]
-    results = [ClientResult(c, c, {k: v.clone() for k, v in init[a].items()}, 5, payload={"label_counts": counts[c]})
+    results = [ClientResult(c, c, {k: v.clone() for k, v in init[a].items()}, 5, payload=LabelCounts(counts[c]))
                for c, a in enumerate(("resnet10", "resnet26"))]
     new = s.aggregate_fit(0, results, state, np.random.default_rng(0))
     assert new["generator_trained"]
     assert any(not torch.equal(v, state["generator"][k]) for k, v in new["generator"].items())
     tasks = s.configure_fit(1, [0, 1], new, None)
     assert [t.arch for t in tasks] == ["resnet10", "resnet26"]
-    assert all(t.payload["generator"] is new["generator"] and t.payload["round"] == 1 for t in tasks)
+    assert all(t.payload == GeneratorTask(new["generator"]) and t.payload.generator is new["generator"] for t in tasks)
     assert "intermediate.layer4.2.conv1.weight" in tasks[1].state and "intermediate.layer4.2.conv1.weight" not in tasks[0].state
 
 
@@ -395,7 +400,7 @@ def test_scalefl_aggregation_slices_and_counts():
     s.bind(["e4w1", "e1w0.5"])
     state = s.initialize(levels, 2)
     tasks = s.configure_fit(7, [0, 1], state, np.random.default_rng(0))
-    assert [t.arch for t in tasks] == ["e4w1", "e1w0.5"] and all(t.payload == {"round": 7} for t in tasks)
+    assert [t.arch for t in tasks] == ["e4w1", "e1w0.5"] and all(t.payload == {} for t in tasks)
     small = tasks[1].state
     assert torch.equal(small["extractor.0.weight"], state["global"]["extractor.0.weight"][:1])  # leading channel
     full_up = {k: torch.full_like(v, 2.0) if v.is_floating_point() else v for k, v in tasks[0].state.items()}
@@ -411,9 +416,11 @@ def test_scalefl_aggregation_slices_and_counts():
 def test_scalefl_distillation_starts_at_the_configured_round():
     m = ScaleFLModule(ScaleFLResNet("resnet10", 1, 10, width=2, stem="cifar", rates=(1.0,), exits=(4,), exit_convs=1),
                       kd_gamma=0.1, kd_start_round=3)
-    m.configure_client({"round": 2})
+    m.current_round = 2  # set by the local runner from ClientTask.rnd
+    m.configure_client({})
     assert m._gamma == 0.0
-    m.configure_client({"round": 3})
+    m.current_round = 3
+    m.configure_client({})
     assert m._gamma == 0.1
 
 

@@ -60,8 +60,8 @@ CASES = {
     "Moon": (lambda: MoonModule(_cnn(), projection_dim=8), None),
     "FedGen": (lambda: FedGenModule(_cnn()), None),
     "HeteroFedAvg": (lambda: ClientModule(_family()), DEPTHS),
-    "HeteroScaffold": (lambda: ScaffoldModule(_family()), DEPTHS),
-    "HeteroFedNova": (lambda: FedNovaModule(_family()), DEPTHS),
+    "HeteroScaffold": (lambda: ScaffoldModule(_family()), DEPTHS),  # Scaffold on a family of two
+    "HeteroFedNova": (lambda: FedNovaModule(_family()), DEPTHS),  # FedNova on a family of two
     "FedIN": (lambda: FedINModule(_family()), DEPTHS),
     "InclusiveFL": (lambda: ClientModule(_family()), DEPTHS),
     "InCo": (lambda: ClientModule(_family()), DEPTHS),
@@ -153,5 +153,5 @@ def test_strategy_contract(tmp_path, name):
     if cls.client_objective is None:
         refused._check(plain, Digits(num_clients=4, batch_size=32, public_size=public))
     else:
-        with pytest.raises(ConfigError, match=f"trainer.strategy: .*{name} needs model.class_path {cls.client_objective}"):
+        with pytest.raises(ConfigError, match=f"trainer.strategy: .*{cls.__name__} needs model.class_path {cls.client_objective}"):
             refused._check(plain, Digits(num_clients=4, batch_size=32, public_size=public))

@@ -15,6 +15,7 @@ from flcore.server_opt import ServerAdam
 from flcore.strategies import FedAvg, FedMedian, FedProx, Moon, Scaffold
 from lightning_modules import ClientModule
 from lightning_modules.models import CNN
+from lightning_modules.terms import ScaffoldUpload
 from tests.conftest import assert_same_tree
 
 
@@ -24,7 +25,7 @@ def _results(k: int, seed: int = 0, delta_c: bool = False) -> list[ClientResult]
     for i in range(k):
         state = {"w": torch.randn(7, 3, generator=g), "n": torch.randint(0, 9, (), generator=g),
                  "h": torch.randn(4, generator=g).half()}
-        payload = {"delta_c": {"w": torch.randn(7, 3, generator=g)}} if delta_c else {}
+        payload = ScaffoldUpload({"w": torch.randn(7, 3, generator=g)}) if delta_c else {}
         out.append(ClientResult(cid=i, slot=i, state=state, num_samples=10 + 3 * i, payload=payload))
     return out
 

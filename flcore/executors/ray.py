@@ -18,7 +18,7 @@ import torch
 from flcore.executors.base import Executor, balanced_chunks
 from flcore.interrupts import check as check_stop
 from flcore.local import LocalRunner
-from flcore.messages import ClientFailure, ClientResult, ClientTask
+from flcore.messages import ClientFailure, ClientResult, ClientTask, payload_items, with_payload_items
 
 __all__ = ["RayExecutor", "datamodule_recipe"]
 
@@ -69,8 +69,8 @@ class _ClientWorker:
         def get(v):
             return ray.get(v) if isinstance(v, ray.ObjectRef) else v
 
-        tasks = [dataclasses.replace(task, state=get(state), payload={k: get(v) for k, v in task.payload.items()})
-                 for task, state in calls]
+        tasks = [dataclasses.replace(task, state=get(state), payload=with_payload_items(
+                     task.payload, {k: get(v) for k, v in payload_items(task.payload).items()})) for task, state in calls]
         out = self.runner.fit_many(tasks, rnd)
         if torch.cuda.is_available():  # an idle actor holds no cached accelerator memory between tasks
             torch.cuda.empty_cache()
@@ -202,12 +202,12 @@ class RayExecutor(Executor):
 
         counts: dict[int, int] = {}
         for t in tasks:
-            for v in t.payload.values():
+            for v in payload_items(t.payload).values():
                 counts[id(v)] = counts.get(id(v), 0) + 1
         calls = []
         for t in tasks:
-            payload = {k: shared(v) if counts[id(v)] > 1 and _is_big(v) else v
-                       for k, v in t.payload.items()}
+            payload = with_payload_items(t.payload, {k: shared(v) if counts[id(v)] > 1 and _is_big(v) else v
+                                                     for k, v in payload_items(t.payload).items()})
             calls.append((dataclasses.replace(t, state={}, payload=payload), shared(t.state)))
 
         out: list[ClientResult | ClientFailure | None] = [None] * len(tasks)

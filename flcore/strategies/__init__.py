@@ -9,20 +9,18 @@ from flcore.strategies.fedgen import FedGen
 from flcore.strategies.fedin import FedIN
 from flcore.strategies.fedmedian import FedMedian
 from flcore.strategies.fedmr import FedMR
-from flcore.strategies.fednova import FedNova
+from flcore.strategies.fednova import FedNova, HeteroFedNova
 from flcore.strategies.fedrolex import FedRolex
 from flcore.strategies.fedtrimmedavg import FedTrimmedAvg
 from flcore.strategies.hetero_fedavg import HeteroFedAvg
 from flcore.strategies.hetero_fedgen import HeteroFedGen
-from flcore.strategies.hetero_fednova import HeteroFedNova
-from flcore.strategies.hetero_scaffold import HeteroScaffold
 from flcore.strategies.heterofl import HeteroFL
 from flcore.strategies.inclusivefl import InclusiveFL
 from flcore.strategies.inco import InCo
 from flcore.strategies.krum import Krum
 from flcore.strategies.fedprox import FedProx
 from flcore.strategies.moon import Moon
-from flcore.strategies.scaffold import Scaffold
+from flcore.strategies.scaffold import HeteroScaffold, Scaffold
 from flcore.strategies.scalefl import ScaleFL
 from flcore.strategies.multimodel import MultiModelStrategy
 

@@ -64,6 +64,11 @@ class Strategy(ABC):
     #: round completes, for an interrupt checkpoint).
     reads_dispatched_state: ClassVar[bool] = True
 
+    #: The server trains models itself on unlabelled server-held inputs (FedET's ensemble
+    #: transfer): the trainer then calls :meth:`bind_server` before :meth:`initialize_family`,
+    #: and refuses a run whose data has no public set (``data.public_size``).
+    needs_public_data: ClassVar[bool] = False
+
     def validate(self, num_clients: int, clients_per_round: int) -> None:
         """Check hyper-parameters against the federation; raise ``ValueError`` naming the field.
 
@@ -100,6 +105,43 @@ class Strategy(ABC):
 
         ``num_clients`` is N, the federation's size (for participation-rate-dependent updates).
         """
+
+    def upgrade_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A server state read from a checkpoint that an earlier version of this strategy wrote,
+        in this version's layout (called on resume and on evaluating a checkpoint). The base
+        returns it unchanged."""
+        return state
+
+    # ----- the family contract: what the trainer calls, for every run -----------------------
+    def bind_server(self, nets: dict[str | None, Any], public_inputs: Any) -> None:
+        """Server-side networks (one ``nn.Module`` per architecture, the strategy's own copies)
+        and the unlabelled public inputs ``(P, ...)``. Only called when
+        :attr:`needs_public_data`. The base ignores them."""
+
+    def bind(self, client_arch: list[str | None]) -> None:
+        """Each client's architecture (index = client id) before :meth:`initialize_family`;
+        ``None`` for every client of a homogeneous run (a family of one)."""
+        self.client_arch = list(client_arch)
+
+    def initialize_family(self, models: dict[str | None, StateDict], clients_per_round: int,
+                          num_clients: int = 0) -> dict[str, Any]:
+        """Server state at round 0 from one initial state_dict per architecture
+        (``{arch: state_dict}``; a homogeneous run passes ``{None: state_dict}``). The trainer
+        calls this for every strategy; a one-model strategy's is :meth:`initialize` of the one
+        model.
+
+        Raises:
+            ValueError: a one-model strategy given several architectures.
+        """
+        if len(models) != 1:
+            raise ValueError(f"trainer.architectures: {type(self).__name__} aggregates one architecture, "
+                             f"got {list(models)}")
+        return self.initialize(next(iter(models.values())), clients_per_round, num_clients)
+
+    def global_models(self, state: dict[str, Any]) -> dict[str | None, StateDict]:
+        """One model per architecture, ``{arch: state_dict}``, for evaluation; a one-model
+        strategy's is ``{None: global_model(state)}``."""
+        return {None: self.global_model(state)}
 
     @abstractmethod
     def configure_fit(
@@ -138,30 +180,25 @@ class HeterogeneousStrategy(Strategy):
 
     * :meth:`bind` receives each client's architecture before :meth:`initialize`;
     * :meth:`initialize` receives one initial state_dict per architecture
-      (``{arch: state_dict}``) instead of one;
+      (``{arch: state_dict}``) instead of one: it is :meth:`initialize_family`;
     * :meth:`global_models` returns one model per architecture for evaluation;
     * :attr:`exchanges_features`: clients exchange intermediate features (FedIN), so the
       architectures' feature shapes must agree (checked before training).
     """
 
     exchanges_features: ClassVar[bool] = False
-    #: The server trains models itself on unlabelled server-held inputs (FedET's ensemble
-    #: transfer): the trainer then calls :meth:`bind_server` before :meth:`initialize`, and
-    #: refuses a run whose data has no public set (``data.public_size``).
-    needs_public_data: ClassVar[bool] = False
+    #: The strategy also runs a homogeneous run (no ``trainer.architectures``) as a family of
+    #: one architecture, named ``None``: :meth:`initialize` then gets ``{None: state_dict}`` and
+    #: every client's architecture is ``None`` (e.g. :class:`~flcore.strategies.Scaffold`, one
+    #: class for both kinds of run). ``False``: the trainer refuses it without architectures.
+    runs_homogeneous: ClassVar[bool] = False
 
-    def bind(self, client_arch: list[str]) -> None:
-        """Each client's architecture name (index = client id)."""
-        self.client_arch = list(client_arch)
+    def initialize_family(self, models, clients_per_round, num_clients=0):
+        return self.initialize(models, clients_per_round, num_clients)
 
     def validate_architectures(self, names: list[str]) -> None:
         """Check hyper-parameters against ``trainer.architectures`` before training; raise
         ``ValueError`` naming the field. The base accepts everything."""
-
-    def bind_server(self, nets: dict[str, Any], public_inputs: Any) -> None:
-        """Server-side networks (one ``nn.Module`` per architecture, the strategy's own copies)
-        and the unlabelled public inputs ``(P, ...)``. Only called when
-        :attr:`needs_public_data`. The base ignores them."""
 
     @abstractmethod
     def global_models(self, state: dict[str, Any]) -> dict[str, StateDict]:

@@ -13,6 +13,7 @@ from flcore.functional import StateDict, classifier_keys, ensemble_teacher_loss,
 from flcore.server_opt import ServerOptimizer
 from flcore.strategies.base import ClientTask
 from flcore.strategies.fedavg import FedAvg
+from lightning_modules.fedgen import GeneratorTask, LabelCounts
 from lightning_modules.models.generator import FeatureGenerator, diversity_loss
 
 __all__ = ["FedGen", "GeneratorServer"]
@@ -70,14 +71,15 @@ class GeneratorServer:
                 "generator_trained": False}
 
     @staticmethod
-    def generator_payload(rnd: int, state: dict[str, Any]) -> dict[str, Any]:
-        """What a client receives besides its model: the generator, once it has been trained."""
-        return {"round": rnd, "generator": state["generator"]} if state["generator_trained"] else {}
+    def generator_payload(state: dict[str, Any]) -> GeneratorTask | dict:
+        """What a client receives besides its model: the generator, once it has been trained
+        (:class:`~lightning_modules.fedgen.GeneratorTask`; ``{}`` before)."""
+        return GeneratorTask(state["generator"]) if state["generator_trained"] else {}
 
     def updated_generator(self, results, state: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         """The generator's part of the new state after the round's generator updates (unchanged
         when no client uploaded label counts). Does not mutate ``state``."""
-        uploads = [r for r in results if "label_counts" in r.payload]
+        uploads = [r for r in results if isinstance(r.payload, LabelCounts)]
         if not uploads:
             return {}
         gen = self._generator(uploads[0].state)
@@ -94,7 +96,7 @@ class GeneratorServer:
         """The round's generator updates; returns the loss of each step."""
         w_key, b_key = classifier_keys(uploads[0].state)
         heads = [(u.state[w_key].float(), u.state[b_key].float() if b_key else None) for u in uploads]
-        weights = teacher_weights(torch.stack([u.payload["label_counts"] for u in uploads])).float()
+        weights = teacher_weights(torch.stack([u.payload.counts for u in uploads])).float()
         labels = torch.nonzero(weights.sum(0) > 0).flatten()
         noise = torch.Generator().manual_seed(int(rng.integers(2**62)))
         gen.train()
@@ -127,7 +129,7 @@ class FedGen(GeneratorServer, FedAvg):
         return {**super().initialize(model_state, clients_per_round), **self.initial_generator(model_state)}
 
     def configure_fit(self, rnd, clients, state, rng):
-        payload = self.generator_payload(rnd, state)
+        payload = self.generator_payload(state)
         return [ClientTask(cid=c, state=state["global"], slot=i, payload=payload) for i, c in enumerate(clients)]
 
     def aggregate_fit(self, rnd, results, state, rng) -> dict[str, Any]:

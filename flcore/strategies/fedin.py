@@ -9,6 +9,7 @@ import torch
 
 from flcore.strategies.base import ClientResult, ClientTask
 from flcore.strategies.hetero_fedavg import HeteroFedAvg
+from lightning_modules.fedin import FedINTask, FedINUpload
 
 __all__ = ["FedIN"]
 
@@ -62,15 +63,14 @@ class FedIN(HeteroFedAvg):
                 continue
             picked = rng.choice(len(others), size=min(self.feature_batches, len(others)), replace=False)
             batches = [bank[others[i]] for i in sorted(picked)]
-            task.payload = {**task.payload, "server_features": {
-                "s_in": torch.cat([b["s_in"] for b in batches]), "s_out": torch.cat([b["s_out"] for b in batches]),
-                "batch_sizes": torch.tensor([len(b["s_in"]) for b in batches])}}
+            task.payload = FedINTask(torch.cat([b["s_in"] for b in batches]), torch.cat([b["s_out"] for b in batches]),
+                                     torch.tensor([len(b["s_in"]) for b in batches]))
         return tasks
 
     def aggregate_fit(self, rnd, results: list[ClientResult], state, rng) -> dict[str, Any]:
         new = super().aggregate_fit(rnd, results, state, rng)
         bank = dict(state["features"])
         for r in results:
-            if "features" in r.payload:
-                bank[r.cid] = r.payload["features"]
+            if isinstance(r.payload, FedINUpload):
+                bank[r.cid] = {"s_in": r.payload.s_in, "s_out": r.payload.s_out}
         return {**new, "features": bank}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from flcore.functional import StateDict, layerwise_average, union_state, weighted_average
 from flcore.server_opt import ServerOptimizer, server_step_on
 from flcore.strategies.base import ClientResult, ClientTask, HeterogeneousStrategy
@@ -64,9 +66,16 @@ class HeteroFedAvg(HeterogeneousStrategy):
         self.client_arch: list[str] = []
 
     def initialize(self, model_state: dict[str, StateDict], clients_per_round: int, num_clients: int = 0) -> dict[str, Any]:
-        """``model_state``: one initial state_dict per architecture. In layerwise mode a key shared
-        by several architectures starts from the first architecture's value (in config order), so
-        every client starts from one global model."""
+        """``model_state``: one initial state_dict per architecture (``{arch: state_dict}``), or
+        one state_dict, taken as a family of one (``{None: state_dict}``) as in a homogeneous run.
+        In layerwise mode a key shared by several architectures starts from the first
+        architecture's value (in config order), so every client starts from one global model.
+        Used without :meth:`bind` (from Python, a family of one), each of the ``num_clients``
+        clients has the one architecture."""
+        if all(isinstance(v, torch.Tensor) for v in model_state.values()):
+            model_state = {None: model_state}
+        if not self.client_arch and list(model_state) == [None]:
+            self.client_arch = [None] * num_clients
         opt = self.server_optimizer
         if self.aggregation == "same_shape":
             models = {a: {k: v.clone() for k, v in s.items()} for a, s in model_state.items()}
@@ -74,6 +83,14 @@ class HeteroFedAvg(HeterogeneousStrategy):
         union = {k: v.clone() for k, v in union_state(model_state).items()}
         return {"global": union, "arch_keys": {a: list(s) for a, s in model_state.items()},
                 **({"server_opt": opt.init_state(union)} if opt else {})}
+
+    def upgrade_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A layer-wise state without ``arch_keys`` is a one-model state written before one class
+        served both kinds of run (SCAFFOLD's and FedNova's ``{"global", "c", "num_clients"}``):
+        it becomes a family of one (``{None: keys}``)."""
+        if self.aggregation != "layerwise" or "arch_keys" in state:
+            return state
+        return {**{k: v for k, v in state.items() if k != "num_clients"}, "arch_keys": {None: list(state["global"])}}
 
     def arch_state(self, state: dict[str, Any], arch: str) -> StateDict:
         """The model an ``arch`` client receives (references, no copies)."""

@@ -47,7 +47,7 @@ class HeteroFedGen(GeneratorServer, HeteroFedAvg):
                 **self.initial_generator(first)}
 
     def configure_fit(self, rnd, clients, state, rng) -> list[ClientTask]:
-        payload = self.generator_payload(rnd, state)
+        payload = self.generator_payload(state)
         tasks = super().configure_fit(rnd, clients, state, rng)
         for t in tasks:
             t.payload = payload

@@ -3,7 +3,6 @@ global model with early exits, aggregated entry by entry over the clients that h
 
 from __future__ import annotations
 
-from flcore.strategies.base import ClientTask
 from flcore.strategies.heterofl import HeteroFL
 from lightning_modules.models.scalefl_resnet import scalefl_level_name
 
@@ -26,7 +25,8 @@ class ScaleFL(HeteroFL):
       by default: "a1-b1-c1-d1-e1"); ``dynamic=False`` keeps each client's level from
       ``trainer.architectures`` / ``client_architectures``, as the authors' pre-assigned client
       groups.
-    * Every task carries the round, which gates the clients' self-distillation.
+    * The clients read the round (``ClientTask.rnd``, ``ScaleFLModule.current_round``), which
+      gates their self-distillation.
     * Evaluation: every level's sub-model (its deepest exit); the global model is the full one.
 
     Args and errors: as :class:`HeteroFL`; :meth:`validate_architectures` refuses a level list
@@ -40,9 +40,3 @@ class ScaleFL(HeteroFL):
         if full not in names:
             raise ValueError(f"trainer.architectures: ScaleFL's global model is the full level {full!r} "
                              f"(4 exits, rate 1); list it, got {names}")
-
-    def configure_fit(self, rnd, clients, state, rng) -> list[ClientTask]:
-        tasks = super().configure_fit(rnd, clients, state, rng)
-        for t in tasks:
-            t.payload = {"round": rnd}
-        return tasks
