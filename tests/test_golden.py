@@ -25,7 +25,6 @@ import pytest
 import torch
 from lightning import seed_everything
 
-import flcore.strategies as strategies
 from datamodules import Digits
 from flcore import FederatedTrainer
 from flcore.checkpoint import load_checkpoint
@@ -67,13 +66,12 @@ def _digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def _run(case: str, tmp_path) -> dict:
     name, kwargs, trainer_kwargs, module = VARIANTS[case]
-    make_module, archs = CASES[name]
+    cls, make_module, archs = CASES[name]
     trainer_kwargs = dict(trainer_kwargs)
     if trainer_kwargs.get("sampler") == "clustered":
         trainer_kwargs["sampler"] = ClusteredSampler()
     if trainer_kwargs.get("executor") == "pool":
         trainer_kwargs["executor"] = ProcessPoolExecutor(num_workers=2, threads_per_worker=1)
-    cls = getattr(strategies, name)
     if kwargs.get("server_optimizer") == "adam":
         kwargs = {**kwargs, "server_optimizer": ServerAdam(lr=0.01)}
     seed_everything(0)
