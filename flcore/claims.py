@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from flcore.report import rounds_to
+from flcore.curves import rounds_to
 from flcore.metric_names import TEST_ACC
 
 __all__ = ["METRICS", "run_metric", "evaluate_claim", "evaluate_claims", "claims_table", "load_claims"]

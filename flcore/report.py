@@ -22,7 +22,7 @@ convergence speed relative to it at the first target: ``rounds_to(baseline) / ro
 (the FedIN paper's Table 1 "Speed", FedAvg = x1.0; above 1 is faster). Figures: ``curves.png``
 (each group's mean test accuracy per round, ±1 std over seeds; one panel per partition) and, with
 ``--baseline``, ``gap.png`` (each group's smoothed gap to the baseline with a seed band,
-:func:`plot_gap`), in colours fixed per method (:mod:`flcore.plotting`). ``--columns`` also writes
+:func:`flcore.report_figures.plot_gap`), in colours fixed per method (:mod:`flcore.plotting`). ``--columns`` also writes
 ``summary.md`` (those columns only) and ``--claims FILE`` also writes ``claims.md``
 (:mod:`flcore.claims`).
 """
@@ -35,17 +35,16 @@ import json
 import math
 import re
 import statistics
-import textwrap
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
+from flcore.curves import (stays_above_from, gaps_to_baseline, group_mean_curves,
+                           mean_curve, overtakes_at, rounds_to, seed_gaps, smoothed_gap)
 from flcore.metric_names import DP_EPSILON, TEST_ACC
-from flcore.plotting import legend_outside, method_of, method_style, partition_of
 
 __all__ = ["load_runs", "summarize", "relative_speed", "mean_curve", "group_mean_curves", "smoothed_gap",
-           "gaps_to_baseline", "seed_gaps", "overtakes_at", "overtaking", "markdown_table", "plot_curves", "plot_gap", "main"]
+           "gaps_to_baseline", "seed_gaps", "overtakes_at", "overtaking", "markdown_table", "main"]
 
 _SEED = re.compile(r"__seed=[^_]+")
 
@@ -78,11 +77,6 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else math.nan)
-
-
-def rounds_to(curve: list[tuple[int, float]], target: float) -> int | None:
-    """The first evaluated round whose test accuracy is >= ``target``, or ``None``."""
-    return next((r for r, acc in curve if acc >= target), None)
 
 
 def summarize(runs: list[dict[str, Any]], targets: tuple[float, ...] = (), last: int = 5,
@@ -150,103 +144,6 @@ def relative_speed(rows: list[dict[str, Any]], baseline: str, target: float,
         r["speed"] = (b / mine) if (b is not None and mine) else None
 
 
-def _runs_by_group(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Group name -> its runs that have a test-accuracy curve (in order of appearance)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for run in runs:
-        if run["curve"]:
-            groups.setdefault(run["group"], []).append(run)
-    return groups
-
-
-def _curves_by_group(runs: list[dict[str, Any]]) -> dict[str, list[list[tuple[int, float]]]]:
-    """Group name -> the test-accuracy curves of its runs that have one (in order of appearance)."""
-    return {group: [m["curve"] for m in members] for group, members in _runs_by_group(runs).items()}
-
-
-def mean_curve(curves: list[list[tuple[int, float]]]) -> tuple[list[int], np.ndarray]:
-    """The rounds that every curve evaluated, and the accuracies there: an array of shape
-    ``(len(curves), len(rounds))`` (average over axis 0 for a group's mean curve)."""
-    maps = [dict(c) for c in curves]
-    rounds = sorted(set.intersection(*(set(m) for m in maps))) if maps else []
-    return rounds, np.array([[m[r] for r in rounds] for m in maps], dtype=float).reshape(len(maps), len(rounds))
-
-
-def smoothed_gap(curve: list[tuple[int, float]], base: list[tuple[int, float]],
-                 window: int) -> tuple[list[int], np.ndarray]:
-    """``curve`` minus ``base`` at their shared rounds, both smoothed by a trailing mean over
-    ``window`` evaluations: the smoothed rounds (the last round of each window) and the gaps, shape
-    ``(len(rounds),)`` in the curves' units (empty when they share fewer than ``window`` rounds).
-
-    Raises:
-        ValueError: ``window`` < 1.
-    """
-    if window < 1:
-        raise ValueError(f"--last: must be >= 1, got {window}")
-    mine, theirs = dict(curve), dict(base)
-    rounds = sorted(set(mine) & set(theirs))
-    if len(rounds) < window:
-        return [], np.zeros(0)
-    kernel = np.ones(window) / window
-    diff = (np.convolve([mine[r] for r in rounds], kernel, "valid")
-            - np.convolve([theirs[r] for r in rounds], kernel, "valid"))
-    return rounds[window - 1:], diff
-
-
-def overtakes_at(curve: list[tuple[int, float]], base: list[tuple[int, float]], window: int) -> int | None:
-    """The round from which ``curve`` stays at or above ``base`` to their last shared round, both
-    smoothed by a trailing mean over ``window`` evaluations (:func:`smoothed_gap`; the first
-    smoothed round when it is never below); ``None`` when it ends below (or they share fewer than
-    ``window`` rounds). Answers "whether and at what round a method overtakes FedAvg" on the
-    smoothed curves, so one round's luck neither makes nor breaks it.
-
-    Raises:
-        ValueError: ``window`` < 1.
-    """
-    return _stays_above_from(*smoothed_gap(curve, base, window))
-
-
-def _stays_above_from(rounds: list[int], gap: np.ndarray) -> int | None:
-    if not rounds or gap[-1] < 0:
-        return None
-    below = np.flatnonzero(gap < 0)
-    return rounds[below[-1] + 1] if below.size else rounds[0]
-
-
-def group_mean_curves(runs: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """Group name -> its mean test-accuracy curve ``[(round, acc), ...]`` over the rounds all its
-    runs evaluated (:func:`mean_curve`)."""
-    return {group: _mean_of(curves) for group, curves in _curves_by_group(runs).items()}
-
-
-def _mean_of(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
-    rounds, acc = mean_curve(curves)
-    return list(zip(rounds, acc.mean(0)))
-
-
-def gaps_to_baseline(runs: list[dict[str, Any]], baseline: str,
-                     window: int) -> dict[str, tuple[list[int], np.ndarray]]:
-    """Group name (all but ``baseline``) -> :func:`smoothed_gap` of its mean curve to the
-    baseline's, **paired by seed**: the baseline's mean is over its runs with the group's seeds
-    (over all its runs if it shares none), so a one-seed variant is compared with the baseline's
-    run of that seed, not with a mean over seeds it never ran.
-
-    Raises:
-        ValueError: no group named ``baseline`` with a test curve; ``window`` < 1.
-    """
-    groups = _runs_by_group(runs)
-    base_runs = groups.pop(baseline, None)
-    if not base_runs:
-        raise ValueError(f"--baseline: no run group {baseline!r} with a test curve; "
-                         f"groups: {sorted({r['group'] for r in runs})}")
-    gaps = {}
-    for group, mine in groups.items():
-        seeds = {m.get("seed") for m in mine}
-        paired = [b for b in base_runs if b.get("seed") in seeds] or base_runs
-        gaps[group] = smoothed_gap(_mean_of([m["curve"] for m in mine]), _mean_of([b["curve"] for b in paired]), window)
-    return gaps
-
-
 def overtaking(rows: list[dict[str, Any]], runs: list[dict[str, Any]], baseline: str, window: int) -> None:
     """Add ``row["overtakes_round"]`` (the round from which the group's smoothed gap to the
     baseline, :func:`gaps_to_baseline`, stays at or above 0, as :func:`overtakes_at`; ``None``:
@@ -260,7 +157,7 @@ def overtaking(rows: list[dict[str, Any]], runs: list[dict[str, Any]], baseline:
     gaps = gaps_to_baseline(runs, baseline, window)
     for r in rows:
         r["overtakes_baseline"] = baseline
-        r["overtakes_round"] = _stays_above_from(*gaps[r["group"]]) if r["group"] in gaps else None
+        r["overtakes_round"] = stays_above_from(*gaps[r["group"]]) if r["group"] in gaps else None
         # never below: the round is only the first one the smoothing window covers
         r["overtakes_from_start"] = r["group"] in gaps and bool(gaps[r["group"]][0]) and bool((gaps[r["group"]][1] >= 0).all())
 
@@ -361,122 +258,6 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
         writer.writerows(flat)
 
 
-def _figure(figsize=(9.0, 4.5), panels: int = 1):
-    """A figure and its axes (one, or ``panels`` side by side sharing y)."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ImportError("flcore report: curves need matplotlib: pip install 'flcore[plot]'") from None
-    fig = Figure(figsize=figsize)
-    return fig, (fig.add_subplot() if panels == 1 else fig.subplots(1, panels, sharey=True))
-
-
-def _save(fig, ax, path: str | Path, title: str | None) -> None:
-    ax.grid(alpha=0.3)
-    legend_outside(fig, ax)
-    if title:
-        ax.set_title(textwrap.fill(title, 70), fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-
-
-def plot_curves(runs: list[dict[str, Any]], path: str | Path, title: str | None = None) -> None:
-    """Test accuracy against round, one line per group: the mean over its runs at the rounds
-    they share, with a ±1 std band where the group has more than one run (the papers'
-    learning-curve figures). Colours and line styles are fixed per method
-    (:func:`flcore.plotting.method_style`); the legend sits outside the axes. Runs of several
-    settings (partitions: :func:`flcore.plotting.partition_of`) go in one panel each, side by side.
-
-    Raises:
-        ImportError: matplotlib is not installed.
-    """
-    groups = _curves_by_group(runs)
-    panels: dict[str, list[str]] = {}
-    for group in groups:
-        panels.setdefault(partition_of(group), []).append(group)
-    if len(panels) <= 1:
-        fig, ax = _figure()
-        _draw_curves(ax, {g: groups[g] for g in groups}, label=lambda g: g)
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy (%)")
-        _save(fig, ax, path, title)
-        return
-    fig, axes = _figure((5.0 * len(panels), 6.0), len(panels))
-    for ax, (setting, members) in zip(axes, panels.items()):
-        _draw_curves(ax, {g: groups[g] for g in members}, label=method_of)
-        ax.set_title(setting, fontsize=10)
-        ax.set_xlabel("round")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=7, ncols=2, frameon=False)
-    axes[0].set_ylabel("test accuracy (%)")
-    if title:
-        fig.suptitle(textwrap.fill(title, 110), fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-
-
-def _draw_curves(ax, groups: dict[str, list[list[tuple[int, float]]]], label) -> None:
-    for group, curves in groups.items():
-        rounds, acc = mean_curve(curves)
-        acc = acc * 100
-        mean = acc.mean(0)
-        color, style = method_style(group)
-        ax.plot(rounds, mean, label=f"{label(group)} (n = {len(curves)})", linewidth=1.2, color=color, linestyle=style)
-        if len(curves) > 1:
-            std = acc.std(0, ddof=1)
-            ax.fill_between(rounds, mean - std, mean + std, alpha=0.15, color=color, linewidth=0)
-
-
-def seed_gaps(runs: list[dict[str, Any]], baseline: str, window: int) -> dict[str, tuple[list[int], np.ndarray]]:
-    """Group name -> the per-seed smoothed gaps to the baseline's run of the same seed
-    (:func:`smoothed_gap` of each seed pair), at the smoothed rounds every pair shares: rounds and
-    an array of shape ``(seeds, len(rounds))`` in the curves' units. Groups sharing fewer than two
-    seeds with the baseline are left out (no spread to show). Their mean over seeds is the
-    group's :func:`gaps_to_baseline` where all seeds evaluated the same rounds.
-
-    Raises:
-        ValueError: ``window`` < 1.
-    """
-    groups = _runs_by_group(runs)
-    base = {b.get("seed"): b["curve"] for b in groups.pop(baseline, [])}
-    out = {}
-    for group, mine in groups.items():
-        pairs = [smoothed_gap(m["curve"], base[m.get("seed")], window) for m in mine if m.get("seed") in base]
-        pairs = [p for p in pairs if p[0]]
-        if len(pairs) < 2:
-            continue
-        rounds = sorted(set.intersection(*(set(r) for r, _ in pairs)))
-        out[group] = (rounds, np.array([[dict(zip(r, g))[x] for x in rounds] for r, g in pairs]))
-    return out
-
-
-def plot_gap(runs: list[dict[str, Any]], baseline: str, window: int, path: str | Path,
-             title: str | None = None) -> None:
-    """Each group's smoothed gap to ``baseline`` (:func:`gaps_to_baseline`, paired by seed, in
-    accuracy points) against round, with the zero line and, for a group with two or more seeds
-    paired with the baseline, a ±1 std band over the per-seed gaps (:func:`seed_gaps`): where a
-    line crosses zero for the last time from below is the overtaking round of the report. The raw
-    curves of methods within a point of each other overlap; their gaps do not.
-
-    Raises:
-        ImportError: matplotlib is not installed.
-        ValueError: no group named ``baseline``; ``window`` < 1.
-    """
-    gaps = gaps_to_baseline(runs, baseline, window)
-    bands = seed_gaps(runs, baseline, window)
-    fig, ax = _figure()
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    for group, (rounds, diff) in gaps.items():
-        color, style = method_style(group)
-        n = len(bands[group][1]) if group in bands else 1
-        ax.plot(rounds, diff * 100, label=f"{group} (n = {n})", linewidth=1.2, color=color, linestyle=style)
-        if group in bands:
-            r, per_seed = bands[group]
-            mean, std = per_seed.mean(0) * 100, per_seed.std(0, ddof=1) * 100
-            ax.fill_between(r, mean - std, mean + std, alpha=0.15, color=color, linewidth=0)
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"test accuracy minus {baseline} (points)")
-    _save(fig, ax, path, title or f"gap to {baseline}, trailing mean over {window} evaluations")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="flcore report", description="Tables and curves over run folders.")
     p.add_argument("roots", nargs="+", help="folders searched (recursively) for run folders with results.json")
@@ -533,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     figures = [] if args.no_figures else ["curves.png"] + (["gap.png"] if args.baseline else [])
     written += figures
     try:
+        from flcore.report_figures import plot_curves, plot_gap
+
         if figures:
             plot_curves(runs, out / "curves.png", args.title)
         if figures and args.baseline:

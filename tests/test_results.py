@@ -13,7 +13,8 @@ import torch
 from datamodules import ClassesPerClient, Digits, Dirichlet, QuantitySkew
 from flcore import FederatedTrainer
 from flcore.report import (gaps_to_baseline, group_mean_curves, load_runs, markdown_table, overtakes_at, overtaking,
-                           plot_gap, relative_speed, rounds_to, smoothed_gap, summarize)
+                           relative_speed, rounds_to, smoothed_gap, summarize)
+from flcore.report_figures import plot_gap
 from flcore.strategies import FedAvg
 from flcore.sweep import expand, run_lock, run_status, select
 from lightning_modules import ClientModule
