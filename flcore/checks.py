@@ -24,18 +24,21 @@ from flcore.batchnorm import BN_POLICIES, bn_entries
 from flcore.compat import precision_choices
 from flcore.config_record import dotted_name
 from flcore.errors import ConfigError, first_line
-from flcore.local import DEFAULT_LOCAL, quiet_lightning
+from flcore.lightning_env import quiet_lightning
+from flcore.local import DEFAULT_LOCAL
+from flcore.net_checks import check_feature_shapes, check_net
 from flcore.strategies.base import HeterogeneousStrategy, Strategy
 from flcore.strategies.fedprox import FedProx
+from flcore.strategies.moon import Moon
 from lightning_modules.client import ClientModule
 from lightning_modules.dp import local_dp_refusal
-from lightning_modules.models.protocols import IntermediateNet, ModelFamily
+from lightning_modules.models.protocols import ModelFamily
 from lightning_modules.plain import PlainClient
 
 if TYPE_CHECKING:
     from flcore.trainer import FederatedTrainer
 
-__all__ = ["check_datamodule", "check_run", "check_local", "check_log_dir", "check_optimizer", "check_pairing", "check_architectures", "check_family", "check_net", "check_feature_shapes", "dotted_name"]
+__all__ = ["check_datamodule", "check_run", "check_local", "check_log_dir", "check_optimizer", "check_pairing", "check_architectures", "check_family", "dotted_name"]
 
 
 def _resolve(path: str) -> type:
@@ -65,13 +68,19 @@ def check_pairing(strategy: Strategy, model: L.LightningModule) -> None:
         if terms is None:
             raise ConfigError(f"trainer.strategy: {dotted_name(strategy)} needs its own client objective "
                               f"(model.class_path {strategy.client_objective}); a user's own LightningModule runs with "
-                              f"strategies whose client objective is the module's loss or a term on it (FedAvg, FedProx, "
+                              f"strategies whose client objective is the module's loss or a term on it (FedAvg, FedProx, MOON, "
                               f"SCAFFOLD, FedCross, FedMR, CluSamp, the robust rules, ...)")
+        for term in terms:
+            try:
+                term.check_module(model.net)
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
         model.terms = terms
         return
     need = strategy.client_objective
-    if isinstance(strategy, FedProx) and strategy.mu is not None:
-        raise ConfigError(f"trainer.strategy.init_args.mu: set the proximal weight once, in model.init_args.mu of "
+    if isinstance(strategy, (FedProx, Moon)) and strategy.mu is not None:
+        what = "proximal" if isinstance(strategy, FedProx) else "contrastive"
+        raise ConfigError(f"trainer.strategy.init_args.mu: set the {what} weight once, in model.init_args.mu of "
                           f"{dotted_name(model)}; the strategy's mu is for a user's own LightningModule")
     if need is not None and not isinstance(model, _resolve(need)):
         raise ConfigError(f"trainer.strategy: {dotted_name(strategy)} needs model.class_path {need} (or a subclass), "
@@ -354,68 +363,3 @@ def check_family(trainer: FederatedTrainer, modules: dict[str | None, L.Lightnin
         check_net(module, datamodule)
     if trainer.strategy.exchanges_features:
         check_feature_shapes(modules, datamodule)
-
-
-def check_feature_shapes(modules: dict[str, L.LightningModule], datamodule) -> None:
-    """FedIN exchanges (s_in, s_out) between architectures: their shapes must agree.
-
-    Raises:
-        ConfigError: a net without ``extractor`` / ``intermediate``, or differing shapes.
-    """
-    shapes = {}
-    for name, module in modules.items():
-        net = module.net
-        if not isinstance(net, IntermediateNet):
-            raise ConfigError(f"model.net: FedIN needs extractor / intermediate / classifier sub-modules "
-                              f"(e.g. lightning_modules.models.HeteroResNet); {type(net).__name__} has none")
-        was = net.training
-        net.eval()
-        with torch.no_grad():
-            s_in = net.extractor(datamodule.test_samples([0, 1])[0])
-            shapes[name] = (tuple(s_in.shape[1:]), tuple(net.intermediate(s_in).shape[1:]))
-        net.train(was)
-    if len(set(shapes.values())) > 1:
-        detail = ", ".join(f"{a} s_in {i} s_out {o}" for a, (i, o) in shapes.items())
-        raise ConfigError(f"model.net: FedIN exchanges features, but their shapes differ between architectures: {detail}")
-
-
-def check_net(model: L.LightningModule, datamodule) -> None:
-    """The net takes the data's inputs (``(B, *input_shape)``) and returns ``(B, num_classes)``;
-    a net with BatchNorm needs mini-batches of at least 2.
-
-    Raises:
-        ConfigError: ``model.net`` (input shape, a zero-size parameter), ``model.net.num_classes``
-            or ``data.batch_size`` (``model`` for a user's own LightningModule).
-    """
-    if datamodule.batch_size == 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        raise ConfigError(f"data.batch_size: 1 cannot train the BatchNorm layers of model.net ({type(model.net).__name__}); "
-                          f"use a batch size >= 2")
-    field = "model" if isinstance(model, PlainClient) else "model.net"
-    empty = next((name for name, p in model.net.named_parameters() if p.numel() == 0), None)
-    if empty is not None:
-        raise ConfigError(f"{field}: parameter {empty} has zero size (a width, channel or class count of 0); "
-                          f"every layer needs a size >= 1")
-    x = datamodule.test_samples([0, 1])[0]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    except (RuntimeError, NotImplementedError) as err:
-        hint = ("forward must map the data's input batch to (B, classes) scores" if field == "model"
-                else "set in_channels / image_size to match data")
-        raise ConfigError(
-            f"{field}: cannot take the data's inputs of shape {tuple(x.shape[1:])} "
-            f"({hint}): {first_line(err)[:100]}"
-        ) from None
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != datamodule.num_classes:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        if field == "model":
-            raise ConfigError(f"model: forward must return (B, {datamodule.num_classes}) class scores for the data's "
-                              f"{datamodule.num_classes} classes, got {shape}")
-        raise ConfigError(
-            f"model.net.num_classes: must equal the data's {datamodule.num_classes} classes, "
-            f"net outputs shape {shape}"
-        )

@@ -40,7 +40,7 @@ def evaluate_global(runner: LocalRunner, models: dict[str | None, dict[str, torc
     for split, loader in splits:
         for arch, arch_state in models.items():
             ev = runner.evaluate(arch_state, stage, arch=arch, dataloader=loader())
-            out[global_metric(split, "acc", arch)], out[global_metric(split, "loss", arch)] = ev["test_acc"], ev["test_loss"]
+            out[global_metric(split, "acc", arch)], out[global_metric(split, "loss", arch)] = ev["acc"], ev["loss"]
         if hetero:
             for key in (f"{split}_acc", f"{split}_loss"):
                 vals = [v for k, v in out.items() if k.startswith(f"{GLOBAL}{key}/")]

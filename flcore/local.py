@@ -16,10 +16,6 @@ from (run seed, round, client) alone.
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-import warnings
 from typing import Any
 
 import lightning as L
@@ -29,14 +25,16 @@ import torch
 from torch import Tensor
 
 from datamodules.base import PoissonEpochs, ShuffledEpochs
-from flcore.compat import has_plain_loading, rewind_fit_loop
+from flcore.compat import rewind_fit_loop
 from flcore.interrupts import check as check_stop
-from flcore.seeding import STREAM_CLIENT, derive_seed
+from flcore.lightning_env import cheap_cuda_probe, quiet_lightning
+from flcore.weights import check_finite, free_training_buffers, live_state, load_live
+from flcore.seeding import STREAM_CLIENT, derive_seed, seed_local_rng
 from flcore.messages import ClientFailure, ClientResult, ClientTask
 from lightning_modules.client import ClientModule, EarlierEpoch
 from lightning_modules.plain import PlainClient
 
-__all__ = ["LocalRunner", "LocalEpochs", "DEFAULT_LOCAL", "quiet_lightning"]
+__all__ = ["LocalRunner", "LocalEpochs", "DEFAULT_LOCAL"]
 
 #: Per-client Trainer defaults; ``trainer.local`` in the YAML overrides any of them.
 DEFAULT_LOCAL: dict[str, Any] = {
@@ -53,38 +51,6 @@ DEFAULT_LOCAL: dict[str, Any] = {
 
 #: ``trainer.local`` keys that the client module applies itself (manual optimization).
 _MODULE_OPTIONS = ("accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm")
-
-_NOISE = (
-    r".*does not have many workers.*",
-    r".*smaller than the logging interval.*",
-    r".*`max_epochs` was not set.*",
-    r".*LeafSpec.*",
-    r".*Checkpoint directory.*",
-    r".*defined a `validation_step` but have no `val_dataloader`.*",
-    r".*module\(s\) in eval mode at the start of training.*",  # frozen teachers (MOON, FedGen)
-    r".*Full backward hook is firing when gradients are computed with respect to module outputs.*",  # Opacus, 1st layer
-)
-
-
-def quiet_lightning() -> None:
-    """Silence per-fit chatter (one local update = one ``fit``; thousands per run)."""
-    for pattern in _NOISE:
-        warnings.filterwarnings("ignore", message=pattern)
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def cheap_cuda_probe() -> None:
-    """On a machine without a CUDA device, make ``torch.cuda.is_available()`` cheap again.
-
-    Lightning sets ``PYTORCH_NVML_BASED_CUDA_CHECK=1`` (so that asking does not initialise CUDA
-    before a fork); with a CUDA build of PyTorch and no NVIDIA driver, every call then fails to
-    ``dlopen`` NVML, about 2 ms, and every ``Trainer.fit`` asks (``isolate_rng``). Without a
-    device there is nothing to initialise and no fork to protect, so the variable is set back to
-    ``0`` and CUDA's own (cached) answer is used. Machines with a device are left alone."""
-    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and not torch.cuda.is_available():
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
-
 
 class _ClientSchedule(L.Callback):
     """Swaps the clients of one group fit: at Lightning epoch boundaries when each client has an
@@ -127,7 +93,7 @@ class _ClientSchedule(L.Callback):
         if module.local_dp is not None:
             data = self.source(index)
             module.local_dp.begin_client(data.num_samples, data.num_batches)
-        _seed_local_rng(self._seed(index))
+        seed_local_rng(self._seed(index))
         module.on_client_start()
 
     def _seed(self, index: int) -> int:
@@ -159,75 +125,16 @@ class _ClientSchedule(L.Callback):
         if module.local_dp is not None:
             metrics.update(module.local_dp.metrics())
         kept = module.kept_client_state() if module.holds_client_state else None
-        _free_training_buffers(module, self.trainer)  # before the copy: the round's peak memory is here
+        free_training_buffers(module, self.trainer)  # before the copy: the round's peak memory is here
         live = self.live if self.live is not None else module.net.state_dict()
         state = {k: v.detach().to("cpu", copy=True) for k, v in live.items()}
         result = ClientResult(cid=task.cid, slot=task.slot, state=state, num_samples=self.sources[self.current].num_samples,
                               metrics=metrics, payload=upload, client_state=kept)
-        outcome = _check_finite(result)
+        outcome = check_finite(result)
         sink = self.runner.result_sink
         if sink is not None and isinstance(outcome, ClientResult):
             sink(outcome)  # e.g. into the trainer's client-state store and streaming aggregation now
         self.outcomes.append(outcome)
-
-
-def _free_training_buffers(module: ClientModule, trainer: L.Trainer) -> None:
-    """Drop a finished client's gradients, optimizer moments (and DP-SGD's per-sample gradients):
-    the next client starts without them anyway (``zero_grad(set_to_none=True)`` at its first
-    step, a cleared optimizer state), so freeing them before its result is copied keeps about two
-    model copies (gradient and momentum) off the round's peak memory."""
-    module.zero_grad(set_to_none=True)
-    for optimizer in trainer.optimizers:
-        optimizer.state.clear()
-    if module.local_dp is not None:
-        module.local_dp.clear()
-
-
-def live_state(net: torch.nn.Module) -> dict[str, Tensor] | None:
-    """``net``'s state tensors themselves (``state_dict(keep_vars=True)``: the parameters and
-    persistent buffers, not copies), or ``None`` when loading ``net`` is more than copying
-    tensors: a module with load hooks, its own ``_load_from_state_dict`` (other than
-    BatchNorm's, which only fills a missing ``num_batches_tracked``) or extra state. Valid until
-    the net's tensors are replaced (``.to(device)`` replaces buffers): take it once per fit."""
-    if not all(has_plain_loading(m) for m in net.modules()):
-        return None
-    live = net.state_dict(keep_vars=True)
-    return live if all(isinstance(v, Tensor) for v in live.values()) else None
-
-
-@torch.no_grad()
-def load_live(net: torch.nn.Module, live: dict[str, Tensor] | None, state: dict[str, Tensor]) -> None:
-    """``net.load_state_dict(state)`` (strict), by copying into the tensors of
-    :func:`live_state` when ``state`` has exactly their keys and shapes: one ``copy_`` per
-    tensor, without ``load_state_dict``'s module walk (which costs more than a small client's
-    step). Anything else goes through ``load_state_dict`` and its errors (``RuntimeError``
-    naming missing, unexpected or mis-shaped keys)."""
-    if (live is None or live.keys() != state.keys()
-            or any(t.shape != state[k].shape for k, t in live.items())):
-        net.load_state_dict(state)
-        return
-    for key, tensor in live.items():
-        tensor.copy_(state[key])
-
-
-def _check_finite(result: ClientResult) -> ClientResult | ClientFailure:
-    bad = [k for k, v in result.metrics.items() if not math.isfinite(v)]
-    # the state is on the CPU: one sum per tensor, added up in Python (cheaper than stacking them);
-    # key by key only if the total is not finite (NaN, inf, or an overflowing sum)
-    if not math.isfinite(sum(v.sum().item() for v in result.state.values() if v.is_floating_point())):
-        bad += [k for k, v in result.state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        return ClientFailure(result.cid, result.slot, f"non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
-    return result
-
-
-def _seed_local_rng(seed: int) -> None:
-    """Seed the generators a local update draws from (dropout, augmentation): the CPU generator,
-    and CUDA's once it is in use (``torch.manual_seed`` would also queue lazy seeding calls for
-    every accelerator backend, which costs more than a small client's step)."""
-    torch.default_generator.manual_seed(seed)
-    if torch.cuda.is_initialized():  # (is_available() would probe the driver on every call)
-        torch.cuda.manual_seed_all(seed)
 
 
 class LocalEpochs:
@@ -419,11 +326,13 @@ class LocalRunner:
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
     def evaluate(self, state, stage: str = "test", arch: str | None = None, dataloader=None) -> dict[str, float]:
-        """Accuracy and loss (``test_acc``, ``test_loss``) of ``state`` (of architecture ``arch``)
-        on ``dataloader`` (default: the global test set); TorchMetrics, sample-weighted."""
+        """Accuracy and loss (``{"acc": fraction, "loss": mean cross-entropy}``) of ``state`` (of
+        architecture ``arch``) on ``dataloader`` (default: the global test set), through
+        ``Trainer.test`` (``stage="test"``) or ``Trainer.validate``; TorchMetrics, sample-weighted."""
         module = self.modules[arch]
         module.net.load_state_dict(state)
         run = self.trainer.test if stage == "test" else self.trainer.validate
         loader = dataloader if dataloader is not None else self.datamodule.test_dataloader()
         out = run(module, dataloaders=loader, verbose=False)
-        return {k.replace("val_", "test_"): float(v) for k, v in out[0].items()}
+        prefix = "test_" if stage == "test" else "val_"  # the module logs f"{split}_acc" for its stage
+        return {k.removeprefix(prefix): float(v) for k, v in out[0].items()}

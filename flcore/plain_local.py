@@ -19,7 +19,8 @@ from torch import Tensor
 
 from datamodules.base import ShuffledEpochs
 from flcore.interrupts import check as check_stop
-from flcore.local import _check_finite, _seed_local_rng  # the fast path's rules, shared
+from flcore.seeding import seed_local_rng  # the fast path's rules, shared
+from flcore.weights import check_finite
 from flcore.messages import ClientFailure, ClientResult, ClientTask
 from flcore.seeding import STREAM_CLIENT, derive_seed
 
@@ -108,7 +109,7 @@ def fit_plain(runner, module, tasks: list[ClientTask], rnd: int) -> list[ClientR
             module.configure_client(task.payload)
             seed = derive_seed(runner.seed, rnd, task.cid, STREAM_CLIENT)
             source = runner.datamodule.client_batches(task.cid, generator=torch.Generator().manual_seed(seed))
-            _seed_local_rng(seed)
+            seed_local_rng(seed)
             trainer = L.Trainer(**kwargs, callbacks=[*module.terms, recorder, *runner.callbacks])
             trainer.fit(user, train_dataloaders=EpochBatches(source))
         except Exception as err:  # one client's crash must not end the run (policy: trainer)
@@ -124,7 +125,7 @@ def fit_plain(runner, module, tasks: list[ClientTask], rnd: int) -> list[ClientR
         result = ClientResult(cid=task.cid, slot=task.slot, state=state, num_samples=source.num_samples,
                               metrics=metrics, payload=module.client_upload(),
                               client_state=module.client_state() if module.keeps_client_state else None)
-        outcome = _check_finite(result)
+        outcome = check_finite(result)
         if runner.result_sink is not None and isinstance(outcome, ClientResult):
             runner.result_sink(outcome)
         outcomes.append(outcome)

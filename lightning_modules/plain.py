@@ -10,7 +10,7 @@ every parameter and persistent buffer it registers is federated) and the global 
 set, as for the shipped modules).
 
 A method whose client objective adds a term to the module's own loss (FedProx's proximal term,
-SCAFFOLD's control variates) applies it as a Lightning callback that corrects the gradients
+SCAFFOLD's control variates, MOON's model-contrastive term) applies it as a Lightning callback that corrects the gradients
 before each optimizer step
 (:mod:`lightning_modules.terms`; the strategy supplies it, ``Strategy.client_terms``), so the
 term cannot be forgotten. :class:`lightning_modules.ClientModule` and its subclasses stay the fast
@@ -25,7 +25,7 @@ from typing import Any
 import lightning as L
 
 from lightning_modules.client import ClientModule
-from lightning_modules.terms import ControlVariates
+from lightning_modules.terms import ClientTerm
 
 __all__ = ["PlainClient", "as_client"]
 
@@ -44,39 +44,38 @@ class PlainClient(ClientModule):
     The exchanged state is ``module.state_dict()``; ``net`` is ``module`` itself.
     """
 
-    def __init__(self, module: L.LightningModule, terms: Sequence[L.Callback] = ()):
+    def __init__(self, module: L.LightningModule, terms: Sequence[ClientTerm] = ()):
         if not isinstance(module, L.LightningModule):
             raise TypeError(f"model: must be a LightningModule, got {type(module).__name__}")
         super().__init__(module)
         self.terms = list(terms)
 
     @property
-    def terms(self) -> list[L.Callback]:
+    def terms(self) -> list[ClientTerm]:
         """The strategy's client-objective terms (callbacks of every local update)."""
         return self._terms
 
     @terms.setter
-    def terms(self, terms: Sequence[L.Callback]) -> None:
+    def terms(self, terms: Sequence[ClientTerm]) -> None:
         self._terms = list(terms)
-        self._stateful = [t for t in self._terms if isinstance(t, ControlVariates)]
-        self.keeps_client_state = bool(self._stateful)
+        self.keeps_client_state = any(t.keeps_client_state for t in self._terms)
 
     def load_client_state(self, state: dict[str, Any] | None) -> None:
-        for term in self._stateful:
+        for term in self._terms:
             term.load_client_state(state)
 
     def configure_client(self, payload: Any) -> None:
-        for term in self._stateful:
+        for term in self._terms:
             term.configure_client(payload)
 
     def client_upload(self) -> Any:
-        """The stateful term's upload (SCAFFOLD's :class:`~lightning_modules.terms.ScaffoldUpload`),
-        ``None`` without one."""
-        uploads = [u for u in (term.client_upload() for term in self._stateful) if u is not None]
+        """A term's upload (SCAFFOLD's :class:`~lightning_modules.terms.ScaffoldUpload`), ``None``
+        without one."""
+        uploads = [u for u in (term.client_upload() for term in self._terms) if u is not None]
         return uploads[0] if uploads else None
 
     def client_state(self) -> dict[str, Any] | None:
-        merged = {k: v for term in self._stateful for k, v in (term.client_state() or {}).items()}
+        merged = {k: v for term in self._terms for k, v in (term.client_state() or {}).items()}
         return merged or None
 
     def configure_optimizers(self):

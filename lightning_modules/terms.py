@@ -9,14 +9,18 @@ user's ``training_step``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
+from torch import Tensor, nn
+from torch.func import functional_call
 
-from torch import Tensor
+from lightning_modules.models.protocols import Representation
+from lightning_modules.moon import moon_contrastive_loss
 
-__all__ = ["ProximalTerm", "ControlVariates", "option2_update", "ScaffoldTask", "ScaffoldUpload"]
+__all__ = ["ClientTerm", "ProximalTerm", "ControlVariates", "ContrastiveTerm", "option2_update", "ScaffoldTask",
+           "ScaffoldUpload"]
 
 
 @dataclass
@@ -36,7 +40,34 @@ class ScaffoldUpload:
     delta_c: dict[str, Tensor]
 
 
-class ProximalTerm(L.Callback):
+class ClientTerm(L.Callback):
+    """A client-objective term applied to a user's own LightningModule
+    (:class:`lightning_modules.plain.PlainClient`), with the client-side hooks of a method pair.
+    The base keeps no client state, receives nothing and uploads nothing."""
+
+    #: The term keeps state on the client between its rounds (:meth:`client_state`).
+    keeps_client_state: ClassVar[bool] = False
+
+    def check_module(self, module: L.LightningModule) -> None:
+        """Before training: raise ``ValueError`` naming the field when this term cannot wrap
+        ``module``. The base accepts every module."""
+
+    def load_client_state(self, state: dict[str, Any] | None) -> None:
+        """This client's state from its previous participation (``None``: its first)."""
+
+    def configure_client(self, payload: Any) -> None:
+        """The strategy's payload of this round (``ClientTask.payload``)."""
+
+    def client_upload(self) -> Any:
+        """What the term sends to the server after the local update (``None``: nothing)."""
+        return None
+
+    def client_state(self) -> dict[str, Any] | None:
+        """What the client keeps for its next participation (``None``: nothing)."""
+        return None
+
+
+class ProximalTerm(ClientTerm):
     """FedProx's proximal term ``(mu / 2) * ||w - w_global||^2`` (Li et al., MLSys 2020, Eq. 2)
     as a gradient correction: before every optimizer step each trainable parameter that the
     optimizer steps gets ``mu * (w - w_global)`` added, the gradient of the term. ``w_global`` is the model the
@@ -84,7 +115,7 @@ def option2_update(names: list[str], ci: list[Tensor], c: list[Tensor], x: list[
     return {n: a - b + (xx - yy.detach()) * scale for n, a, b, xx, yy in zip(names, ci, c, x, y)}
 
 
-class ControlVariates(L.Callback):
+class ControlVariates(ClientTerm):
     """SCAFFOLD's client half for a user's own LightningModule (Karimireddy et al., ICML 2020,
     Alg. 1, option II), as :class:`lightning_modules.ScaffoldModule` does it for the shipped nets:
     before every optimizer step each parameter's gradient gets ``c - c_i`` added (line 10); after
@@ -150,3 +181,117 @@ class ControlVariates(L.Callback):
     def client_state(self) -> dict[str, Any] | None:
         """``{"c_i": c_i+}`` on the CPU, kept for the client's next participation."""
         return None if self._new_ci is None else {"c_i": {n: a.cpu() for n, a in self._new_ci.items()}}
+
+
+class _Representation(nn.Module):
+    """``module.features`` as a module's ``forward``, so that :func:`torch.func.functional_call`
+    can run it with another model's tensors (names prefixed ``m.``)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.m = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.m.features(x)
+
+
+class ContrastiveTerm(ClientTerm):
+    """MOON's model-contrastive term ``mu * l_con`` (Li, He & Song, CVPR 2021, Eq. 3 and 4) for a
+    user's own LightningModule, as :class:`lightning_modules.MoonModule` applies it to the
+    shipped nets: the module's representation ``z = module.features(x)`` (``(B, D)``; the
+    layer before the classifier, or a projection head's output) is pulled towards the received
+    global model's ``z_glob`` and away from ``z_prev`` of this client's model after its previous
+    participation (the global model on its first), both frozen and in eval mode.
+
+    For every mini-batch ``x = batch[0]`` of the module's own ``training_step``, after the
+    module's backward, the gradient of ``mu * l_con / accumulate_grad_batches`` (Lightning's
+    normalisation of the module's loss) is computed by a second forward of ``features`` (the
+    module's buffers, e.g. BatchNorm's running statistics, are restored after it) and added to
+    the parameters' gradients before the optimizer step: the update of ``CE + mu * l_con``,
+    without touching ``training_step``. Client state: ``{"prev": state_dict}`` on the CPU.
+
+    Args:
+        mu: weight of the contrastive term >= 0 (MOON paper: 5 for CIFAR-10, 1 for CIFAR-100).
+        temperature: tau > 0 (paper: 0.5).
+
+    Raises:
+        ValueError: ``mu < 0`` or ``temperature <= 0``; a mini-batch that is not ``(x, ...)``.
+    """
+
+    keeps_client_state = True
+
+    def __init__(self, mu: float, temperature: float = 0.5):
+        if mu < 0:
+            raise ValueError(f"trainer.strategy.init_args.mu: the contrastive weight must be >= 0, got {mu}")
+        if not temperature > 0:
+            raise ValueError(f"trainer.strategy.init_args.temperature: tau must be > 0, got {temperature}")
+        self.mu, self.temperature = float(mu), float(temperature)
+        self._prev_in: dict[str, Tensor] | None = None
+        self._new_prev: dict[str, Tensor] | None = None
+        self._frozen: list[dict[str, Tensor]] = []
+        self._extra: list[Tensor] = []
+        self._x: Tensor | None = None
+
+    def check_module(self, module: L.LightningModule) -> None:
+        if not isinstance(module, Representation):
+            raise ValueError(f"model: MOON's contrastive term reads the module's representation; give "
+                             f"{type(module).__name__} a features(x) method returning (B, D) (the layer before the "
+                             f"classifier, or a projection head's output)")
+
+    def load_client_state(self, state: dict[str, Any] | None) -> None:
+        self._prev_in = (state or {}).get("prev")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._wrapper = _Representation(pl_module)
+        glob = {f"m.{k}": v.detach().clone() for k, v in pl_module.state_dict().items()}
+        prev = glob if self._prev_in is None else {f"m.{k}": v.to(pl_module.device) for k, v in self._prev_in.items()}
+        self._frozen = [glob, prev]
+        self._params = [p for p in pl_module.parameters() if p.requires_grad]
+        self._extra = [torch.zeros_like(p) for p in self._params]
+        self._scale = self.mu / trainer.accumulate_grad_batches
+        self._new_prev = None
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if not (isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor)):
+            raise ValueError(f"model: MOON's contrastive term reads x from (x, y) mini-batches, got {type(batch).__name__}")
+        self._x = batch[0]
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.mu or self._x is None:
+            return
+        x, self._x = self._x.to(pl_module.device), None
+        was = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            z_glob, z_prev = (functional_call(self._wrapper, frozen, (x,)) for frozen in self._frozen)
+        pl_module.train(was)
+        buffers = [b.detach().clone() for b in pl_module.buffers()]
+        with torch.enable_grad():
+            z = pl_module.features(x)
+            with torch.no_grad():
+                for b, saved in zip(pl_module.buffers(), buffers):
+                    b.copy_(saved)
+            loss = self._scale * moon_contrastive_loss(z, z_glob, z_prev, self.temperature)
+            grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+        for extra, g in zip(self._extra, grads):
+            if g is not None:
+                extra.add_(g)
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        for p, extra in zip(self._params, self._extra):
+            if p.grad is None:
+                p.grad = extra.clone()
+            else:
+                p.grad.add_(extra)
+            extra.zero_()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._new_prev = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+        self._frozen, self._extra, self._params = [], [], []
+
+    def client_state(self) -> dict[str, Any] | None:
+        """``{"prev": state_dict}``: this client's model after its local update, for ``z_prev``
+        at its next participation."""
+        return None if self._new_prev is None else {"prev": self._new_prev}
+

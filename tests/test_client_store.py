@@ -195,11 +195,11 @@ KILLER = textwrap.dedent("""
             count()
         flcore.client_store.ClientStateStore._write = write
     else:
-        orig_seed = flcore.local._seed_local_rng
+        orig_seed = flcore.local.seed_local_rng
         def seed(s):
             count()
             return orig_seed(s)
-        flcore.local._seed_local_rng = seed
+        flcore.local.seed_local_rng = seed
     from flcore.cli import main
     main(sys.argv[3:])
 """)

@@ -9,7 +9,7 @@ from lightning import seed_everything
 
 from datamodules import Digits, Dirichlet
 from flcore import FederatedTrainer
-from flcore.checks import check_feature_shapes
+from flcore.net_checks import check_feature_shapes
 from flcore.errors import ConfigError
 from flcore.local import LocalRunner
 from flcore.strategies import ClientResult, FedIN, HeteroFedAvg

@@ -49,7 +49,7 @@ def _send_once(sig, calls, when):
 #: the call returns), the signal, rounds completed before the stop). Local training stops the round
 #: (its clients are redone on resume); aggregation, evaluation and checkpoints finish it first.
 POINTS = {
-    "local_training": (flcore.local, "_seed_local_rng", 5, signal.SIGINT, 1),       # round 2, second client
+    "local_training": (flcore.local, "seed_local_rng", 5, signal.SIGINT, 1),       # round 2, second client
     "aggregation": (FedCross, "aggregate_fit", 2, signal.SIGTERM, 2),                 # round 2's aggregation
     "evaluation": (flcore.round, "evaluate_global", 2, signal.SIGINT, 2),         # round 2's test
     "checkpoint_write": (flcore.lifecycle, "save_checkpoint", 2, signal.SIGTERM, 2),    # during round 2's checkpoint

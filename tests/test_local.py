@@ -195,7 +195,7 @@ def test_epoch_hooks_see_every_client_and_training_is_the_same_either_way():
 def test_fast_weight_loading_is_load_state_dict():
     """load_live copies into the net's own tensors (BatchNorm buffers included) exactly as
     load_state_dict; a state of the wrong keys or shapes gets load_state_dict's error."""
-    from flcore.local import live_state, load_live
+    from flcore.weights import live_state, load_live
 
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(8, 3))
     net.to(memory_format=torch.channels_last)
@@ -218,21 +218,21 @@ def test_fast_weight_loading_is_load_state_dict():
 
 
 def test_a_non_finite_weight_fails_the_client_and_a_large_one_does_not():
-    from flcore.local import _check_finite
+    from flcore.weights import check_finite
     from flcore.messages import ClientFailure, ClientResult
 
     def result(w):
         return ClientResult(cid=3, slot=0, state={"w": w, "n": torch.tensor(4)}, num_samples=5,
                             metrics={"train_loss": 0.1}, payload={})
 
-    assert isinstance(_check_finite(result(torch.tensor([1.0, float("nan")]))), ClientFailure)
-    assert "non-finite w" in _check_finite(result(torch.tensor([float("inf"), 0.0]))).reason
+    assert isinstance(check_finite(result(torch.tensor([1.0, float("nan")]))), ClientFailure)
+    assert "non-finite w" in check_finite(result(torch.tensor([float("inf"), 0.0]))).reason
     big = result(torch.full((4,), 3e38))  # finite, but its sum overflows float32
-    assert _check_finite(big) is big
+    assert check_finite(big) is big
 
 
 def test_cuda_probe_is_made_cheap_only_without_a_device(monkeypatch):
-    from flcore.local import cheap_cuda_probe
+    from flcore.lightning_env import cheap_cuda_probe
 
     monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

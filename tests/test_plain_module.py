@@ -19,10 +19,10 @@ from flcore.checkpoint import load_checkpoint
 from flcore.errors import ConfigError
 from flcore.seeding import STREAM_CLIENT, derive_seed
 from flcore.strategies import FedAvg, FedCross, FedMR, FedProx, Moon, Scaffold
-from lightning_modules import FedProxModule
+from lightning_modules import FedProxModule, MoonModule
 from lightning_modules.models import CNN
 from tests.conftest import assert_same_tree
-from tests.user_code import Counting, DigitsMLP, NoForward, WrongOutput
+from tests.user_code import Counting, DigitsMLP, NoForward, WithFeatures, WrongOutput
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "own_module"
@@ -144,7 +144,11 @@ def test_the_example_runs_from_yaml_with_fedavg_fedprox_fedcross_and_fedmr(run_c
 
 
 @pytest.mark.parametrize("strategy, module, message", [
-    (Moon(), DigitsMLP(), "trainer.strategy: flcore.strategies.Moon needs its own client objective"),
+    (Moon(), DigitsMLP(), "trainer.strategy.init_args.mu: MOON with a user's own LightningModule needs"),
+    (Moon(mu=1.0), DigitsMLP(), "model: MOON's contrastive term reads the module's representation; give DigitsMLP a "
+                                "features(x) method"),
+    (Moon(mu=1.0), MoonModule(CNN(in_channels=1, num_classes=10, image_size=8)),
+     "trainer.strategy.init_args.mu: set the contrastive weight once, in model.init_args.mu"),
     (FedProx(), DigitsMLP(), "trainer.strategy.init_args.mu: FedProx with a user's own LightningModule needs"),
     (FedAvg(), NoForward(), "model: cannot take the data's inputs of shape (1, 8, 8) (forward must map"),
     (FedAvg(), WrongOutput(), "model: forward must return (B, 10) class scores for the data's 10 classes, got (2, 5)"),
@@ -203,6 +207,51 @@ def test_scaffold_with_a_user_module_equals_the_shipped_scaffold_objective(tmp_p
         torch.testing.assert_close(a["global"][f"model.{key}"], b["global"][key], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(a["c"][f"model.{key}"], b["c"][key], rtol=1e-4, atol=1e-6)
     assert max(v.abs().max().item() for v in a["c"].values()) > 0  # the control variates moved
+
+
+def test_moon_with_a_user_module_equals_the_shipped_moon_objective(tmp_path):
+    """MOON's contrastive term as a callback (ContrastiveTerm) on a user's module whose
+    features() and forward are MoonNet's gives the same rounds as MoonModule on that net (same
+    data order and optimizer; the previous local model carried between rounds as client state),
+    and differs from FedAvg."""
+    from functools import partial
+
+    import lightning as L
+
+    from lightning_modules.models import CNN as _CNN
+
+    class UserMoon(L.LightningModule):  # what a user writes: MoonNet as its model, its own loss
+        def __init__(self, net):
+            super().__init__()
+            self.model = net
+
+        def features(self, x):
+            return self.model.features(x)
+
+        def forward(self, x):
+            return self.model(x)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.2)
+
+    seed_everything(0)
+    shipped = MoonModule(_CNN(1, 10, 8, channels=(4, 8), hidden=16), optimizer=partial(torch.optim.SGD, lr=0.2),
+                         mu=5.0, projection_dim=8)
+    user = UserMoon(copy.deepcopy(shipped.net))
+    avg = UserMoon(copy.deepcopy(shipped.net))
+    _, plain = _fit(tmp_path, Moon(mu=5.0), user, _data(), rounds=3, name="plain")
+    _, fast = _fit(tmp_path, Moon(), shipped, _data(), rounds=3, name="fast")
+    _, fedavg = _fit(tmp_path, FedAvg(), avg, _data(), rounds=3, name="fedavg")
+    a, b, c = (load_checkpoint(Path(s["run_dir"]) / "checkpoints" / "last.ckpt")["strategy_state"]["global"]
+               for s in (plain, fast, fedavg))
+    assert list(a) == [f"model.{k}" for k in b]
+    for key in b:
+        torch.testing.assert_close(a[f"model.{key}"], b[key], rtol=1e-4, atol=1e-5)
+    assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-3  # the term changed the update
 
 
 def test_clustered_sampling_runs_a_user_module(tmp_path):

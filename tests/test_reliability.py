@@ -32,13 +32,13 @@ KILLER = textwrap.dedent("""
     mode, n = sys.argv[1], int(sys.argv[2])
     calls = [0]
     if mode == "fit":  # killed inside the n-th local update, mid-round
-        orig = flcore.local._seed_local_rng  # called once at the start of every local update
+        orig = flcore.local.seed_local_rng  # called once at the start of every local update
         def seed(s):
             calls[0] += 1
             if calls[0] == n:
                 os.kill(os.getpid(), signal.SIGKILL)
             return orig(s)
-        flcore.local._seed_local_rng = seed
+        flcore.local.seed_local_rng = seed
     else:  # killed half-way through writing the n-th checkpoint file
         orig_save = flcore.checkpoint.torch.save
         def save(obj, f, *a, **k):
@@ -326,7 +326,7 @@ def test_sigterm_checkpoints_last_completed_round(tmp_path, monkeypatch):
     import flcore.local
 
     calls = [0]
-    orig = flcore.local._seed_local_rng  # called once at the start of every local update
+    orig = flcore.local.seed_local_rng  # called once at the start of every local update
 
     def seed_then_sigterm(seed):
         calls[0] += 1
@@ -334,7 +334,7 @@ def test_sigterm_checkpoints_last_completed_round(tmp_path, monkeypatch):
             os.kill(os.getpid(), signal.SIGTERM)
         return orig(seed)
 
-    monkeypatch.setattr(flcore.local, "_seed_local_rng", seed_then_sigterm)
+    monkeypatch.setattr(flcore.local, "seed_local_rng", seed_then_sigterm)
     with pytest.raises(RunInterrupted) as info:
         _fit(FedAvg(), {}, tmp_path, rounds=3)
     assert info.value.signum == signal.SIGTERM and "round 1" in str(info.value)

@@ -38,3 +38,11 @@ class WrongOutput(DigitsMLP):
 
     def forward(self, x):
         return self.model(x)[:, :5]
+
+
+class WithFeatures(DigitsMLP):
+    """The README's module with its representation exposed for MOON: ``features(x)`` is the hidden
+    layer's output, ``(B, hidden)``."""
+
+    def features(self, x):
+        return self.model[:3](x)

@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-__all__ = ["Classifier", "FeatureNet", "SplitNet", "ModelFamily", "IntermediateNet", "EarlyExitNet", "num_classes_of"]
+__all__ = ["Classifier", "Representation", "FeatureNet", "SplitNet", "ModelFamily", "IntermediateNet", "EarlyExitNet", "num_classes_of"]
 
 
 @runtime_checkable
@@ -29,6 +29,14 @@ class Classifier(Protocol):
     """A net that says how many classes its ``(B, C)`` logits cover (``C = num_classes``)."""
 
     num_classes: int
+
+
+@runtime_checkable
+class Representation(Protocol):
+    """A module whose representation can be read: ``features(x)`` maps a ``(B, ...)`` input to
+    ``(B, D)`` (MOON's contrastive term on a user's own LightningModule)."""
+
+    def features(self, x: Tensor) -> Tensor: ...
 
 
 @runtime_checkable
