@@ -41,13 +41,18 @@ _SUMMARY = ["--columns", "group", "runs", "final", "last_mean", "early", "best",
 _HETERO_ARGS = ["--baseline", "fedavg_layerwise", "--claims", "benchmarks/hetero/claims.yaml",
                 "--columns", "group", "final", "last_mean", "early", "rounds_to", "speed", "overtakes", "std", "wall"]
 
+#: Run-name parts of the FedCross K and N ablations (their own report; other settings than the partitions' tables).
+_ABLATIONS = ["_k5__", "_k20__", "_n50__", "_n200__"]
+
 REPORTS: list[dict] = [
     {"out": REPRO, "roots": [f"{REPRO}/records"],
      "args": [*_REPRO_ARGS, "--claims", "benchmarks/reproduction/claims.yaml"]},
-    {"out": f"{REPRO}/by_partition/dir01", "roots": [f"{REPRO}/records/*__beta=0.1"], "exclude": "_m09",
+    {"out": f"{REPRO}/by_partition/dir01", "roots": [f"{REPRO}/records/*__beta=0.1"], "exclude": _ABLATIONS + ["_m09"],
      "args": [*_REPRO_ARGS, "--baseline", "fedavg__beta=0.1", *_SUMMARY]},
-    {"out": f"{REPRO}/by_partition/dir05", "roots": [f"{REPRO}/records/*__beta=0.5"],
+    {"out": f"{REPRO}/by_partition/dir05", "roots": [f"{REPRO}/records/*__beta=0.5"], "exclude": _ABLATIONS,
      "args": [*_REPRO_ARGS, "--baseline", "fedavg__beta=0.5", *_SUMMARY]},
+    {"out": f"{REPRO}/by_partition/fedcross_k_n", "roots": [f"{REPRO}/records/*_{x}__*" for x in ("k5", "k20", "n50", "n200")],
+     "args": [*_REPRO_ARGS, *_SUMMARY]},
     {"out": f"{REPRO}/by_partition/iid", "roots": [f"{REPRO}/records/*_iid__*"],
      "args": [*_REPRO_ARGS, "--baseline", "fedavg_iid", *_SUMMARY]},
     {"out": f"{REPRO}/by_partition/fedmr_setting", "roots": [f"{REPRO}/records/*_m09__*"],
@@ -64,7 +69,7 @@ REPORTS: list[dict] = [
      "args": ["--target", "0.75", "0.8", "--last", "10", "--early", "50", *_HETERO_ARGS], "per_arch": [1, 10]},
 ]
 """The reports: output folder, record folders (glob patterns, relative to the repository; an
-``exclude`` substring drops matching run folders), ``flcore report`` arguments, and the
+``exclude`` list of substrings drops matching run folders), ``flcore report`` arguments, and the
 ``per_arch.py --last`` tables to write (``per_arch.md`` for 1, ``per_arch_last10.md`` for 10)."""
 
 ANALYSES = ["benchmarks/results/reproduction/analysis"]
@@ -77,7 +82,7 @@ def _roots(entry: dict) -> list[str]:
     roots = []
     for pattern in entry["roots"]:
         for path in sorted(ROOT.glob(pattern)):
-            if not entry.get("exclude") or entry["exclude"] not in path.name:
+            if not any(part in path.name for part in entry.get("exclude", [])):
                 roots.append(str(path))
     return roots
 
