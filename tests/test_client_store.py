@@ -130,6 +130,17 @@ def test_any_budget_gives_the_same_run_and_checkpoints_name_files(tmp_path):
     assert len(list((tight.run_dir / "checkpoints").glob("round_*.ckpt"))) == 2
 
 
+def _resume_from(old: dict, path, tmp_path):
+    """Write checkpoint ``old`` to ``path`` and resume the 4-round SCAFFOLD run of :func:`_scaffold`
+    from it: the trainer and its last checkpoint."""
+    save_checkpoint(old, path)
+    trainer = FederatedTrainer(strategy=Scaffold(), rounds=4, clients_per_round=3, local={"max_epochs": 1},
+                               log_dir=str(tmp_path), name="half", client_state_mb=0, checkpoint_every=1,
+                               keep_checkpoints=2)
+    trainer.fit(_module(), datamodule=Digits(num_clients=5, batch_size=50, seed=0), ckpt_path=str(path))
+    return trainer, load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")
+
+
 def test_checkpoints_from_before_the_store_resume(tmp_path):
     """A checkpoint holding the client states inline (as flcore wrote them before the store)
     resumes into the store and continues exactly like the run that never stopped."""
@@ -139,13 +150,7 @@ def test_checkpoints_from_before_the_store_resume(tmp_path):
     inline = checkpoint_client_states(old, half.run_dir)
     del old["client_store"]
     old["client_states"], old["client_bn"] = inline["module"], inline["bn"]
-    legacy = tmp_path / "legacy" / "round_00002.ckpt"
-    save_checkpoint(old, legacy)
-    trainer = FederatedTrainer(strategy=Scaffold(), rounds=4, clients_per_round=3, local={"max_epochs": 1},
-                               log_dir=str(tmp_path), name="half", client_state_mb=0, checkpoint_every=1,
-                               keep_checkpoints=2)
-    trainer.fit(_module(), datamodule=Digits(num_clients=5, batch_size=50, seed=0), ckpt_path=str(legacy))
-    ckpt = load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")
+    trainer, ckpt = _resume_from(old, tmp_path / "legacy" / "round_00002.ckpt", tmp_path)
     assert_same_tree(ckpt_full["strategy_state"], ckpt["strategy_state"])
     assert_same_tree(checkpoint_client_states(ckpt_full, full.run_dir), checkpoint_client_states(ckpt, trainer.run_dir))
 
@@ -160,13 +165,7 @@ def test_one_model_scaffold_checkpoints_resume(tmp_path):
     state = old["strategy_state"]
     assert state["arch_keys"] == {None: list(state["global"])}
     old["strategy_state"] = {"global": state["global"], "c": state["c"], "num_clients": 5}
-    legacy = half.run_dir / "checkpoints" / "round_00002.ckpt"
-    save_checkpoint(old, legacy)
-    trainer = FederatedTrainer(strategy=Scaffold(), rounds=4, clients_per_round=3, local={"max_epochs": 1},
-                               log_dir=str(tmp_path), name="half", client_state_mb=0, checkpoint_every=1,
-                               keep_checkpoints=2)
-    trainer.fit(_module(), datamodule=Digits(num_clients=5, batch_size=50, seed=0), ckpt_path=str(legacy))
-    ckpt = load_checkpoint(trainer.run_dir / "checkpoints" / "last.ckpt")
+    _, ckpt = _resume_from(old, half.run_dir / "checkpoints" / "round_00002.ckpt", tmp_path)
     assert_same_tree(ckpt_full["strategy_state"], ckpt["strategy_state"])
 
 

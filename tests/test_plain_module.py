@@ -254,6 +254,20 @@ def test_moon_with_a_user_module_equals_the_shipped_moon_objective(tmp_path):
     assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-3  # the term changed the update
 
 
+def test_moon_keeps_a_user_modules_previous_model_between_rounds(tmp_path):
+    """The README's module with a features() method runs under MOON: each participant's model
+    after its update is its client state, in the checkpoint's client-state store."""
+    from flcore.client_store import checkpoint_client_states
+
+    seed_everything(0)
+    trainer, summary = _fit(tmp_path, Moon(mu=1.0), WithFeatures(hidden=8, lr=0.2), _data(), rounds=2, clients=3)
+    ckpt = load_checkpoint(Path(summary["run_dir"]) / "checkpoints" / "last.ckpt")
+    kept = checkpoint_client_states(ckpt, trainer.run_dir)["module"]
+    assert sorted(kept) == [0, 1, 2] and all(sorted(s["prev"]) == sorted(ckpt["strategy_state"]["global"])
+                                             for s in kept.values())
+    assert summary["final"]["global/test_acc"] > 0.2
+
+
 def test_clustered_sampling_runs_a_user_module(tmp_path):
     from flcore.samplers import ClusteredSampler
 
