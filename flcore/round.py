@@ -17,7 +17,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from flcore.client_store import ClientStateStore
-from flcore.diagnostics import client_drift, middleware_stats, nonfinite_entries, payload_bytes
+from flcore.diagnostics import client_drift, nonfinite_entries, payload_bytes
 from flcore.dispatched import ParkedModels
 from flcore.errors import ClientFailureError, DivergedError
 from flcore.evaluation import evaluate_global
@@ -27,7 +27,6 @@ from flcore.messages import ClientFailure, ClientResult, ClientTask
 from flcore.metric_names import TEST_LOSS
 from flcore.samplers import ClientSampler
 from flcore.seeding import STREAM_SAMPLER, STREAM_STRATEGY, round_rng
-from flcore.strategies.multimodel import MultiModelStrategy
 
 if TYPE_CHECKING:
     from flcore.local import LocalRunner
@@ -120,8 +119,8 @@ def run_round(trainer: FederatedTrainer, rnd: int, state: dict[str, Any], store:
     if bad:
         raise DivergedError(f"round {rnd + 1}: the global model diverged (non-finite {', '.join(bad[:3])}"
                             f"{' ...' if len(bad) > 3 else ''}); lower the learning rate or check the data")
-    if stats_due and isinstance(strategy, MultiModelStrategy):
-        stats.update(middleware_stats(state["models"]))
+    if stats_due:
+        stats.update(strategy.model_stats(state))
     wall = time.perf_counter() - t0
     metrics: dict[str, float] = {
         "round/wall_time_s": wall,

@@ -93,6 +93,12 @@ class Strategy(ABC):
         logged with the round's metrics. The base reports none."""
         return {}
 
+    def model_stats(self, state: dict[str, Any]) -> dict[str, float]:
+        """Diagnostics of the server's own models after a round's aggregation (``analysis/...``
+        scalars), logged in the rounds ``trainer.model_stats_every`` selects. The base reports
+        none; multi-model strategies report their middleware models' geometry."""
+        return {}
+
     def rounds_allowed(self, state: dict[str, Any]) -> int | None:
         """How many more rounds the strategy allows from ``state`` (e.g. a privacy budget), or
         ``None`` for no limit. The trainer makes the round that leaves 0 the last one (evaluated

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from flcore.diagnostics import middleware_stats
 from flcore.functional import StateDict, weighted_average
 from flcore.strategies.base import ClientResult, ClientTask, Strategy
 
@@ -83,3 +84,8 @@ class MultiModelStrategy(Strategy):
     def global_model(self, state) -> StateDict:
         models = state["models"]
         return weighted_average(models, [1.0] * len(models))
+
+    def model_stats(self, state) -> dict[str, float]:
+        """The K middleware models' pairwise cosine similarity and distance and their distances
+        to their mean (:func:`flcore.diagnostics.middleware_stats`)."""
+        return middleware_stats(state["models"])
