@@ -16,7 +16,8 @@ Eight sections (``--sections``), each printed as a table and written to ``--out`
    ``(peak RSS - RSS before the model existed) / model bytes``, the RSS before taken after a
    warm-up FedCross fit of a tiny CNN in the same process (Lightning, TensorBoard and the
    allocator's arenas set up, about 50 MB that are no model copy). Target: K + 3 (the K
-   middleware models, and the local net with its gradient and momentum).
+   middleware models, and the local net with its gradient and momentum). Run twice: under glibc's
+   default allocator settings and with a fixed mmap threshold (:data:`ALLOCATORS`).
 4. ``rounds``: median seconds per round (evaluation excluded) of the accuracy benchmark's
    Fashion-MNIST CNN workload (100 clients, 10 per round, 5 local epochs, batch 50) for each
    executor. Flower's simulation is compared if ``flwr`` is installed (it is not a dependency).
@@ -269,15 +270,24 @@ def memory_child(k: int) -> dict:
             "copies": (peak - before) / model_bytes, "target_copies": k + 3}
 
 
+#: glibc's allocator settings the memory section runs under: its default, whose mmap threshold
+#: grows to the size of the largest freed block (up to 32 MiB), so freed model-sized tensors stay in
+#: the heap and count in the RSS; and a fixed 128 KiB threshold (``MALLOC_MMAP_THRESHOLD_``), which
+#: returns every freed block above it to the system at once.
+ALLOCATORS = {"glibc default": {}, "mmap threshold 128 KiB": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
+
+
 def section_memory(args) -> list[dict]:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(args.k)], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("MEMORY ")]
-    if out.returncode or not line:
-        raise RuntimeError(f"memory child failed: {out.stderr[-2000:]}")
-    row = json.loads(line[-1][7:])
-    _print_row(row, ["K", "model_MiB", "peak_over_base_MiB", "copies", "target_copies"])
-    return [row]
+    rows = []
+    for allocator, env in ALLOCATORS.items():
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(args.k)], capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("MEMORY ")]
+        if out.returncode or not line:
+            raise RuntimeError(f"memory child failed: {out.stderr[-2000:]}")
+        rows.append({"allocator": allocator, **json.loads(line[-1][7:])})
+        _print_row(rows[-1], ["allocator", "K", "model_MiB", "peak_over_base_MiB", "copies", "target_copies"])
+    return rows
 
 
 def _fmnist_round_times(executor, rounds: int, epochs: int) -> list[float]:
