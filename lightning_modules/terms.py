@@ -228,8 +228,11 @@ class ContrastiveTerm(ClientTerm):
         self.mu, self.temperature = float(mu), float(temperature)
         self._prev_in: dict[str, Tensor] | None = None
         self._new_prev: dict[str, Tensor] | None = None
-        self._frozen: list[dict[str, Tensor]] = []
-        self._extra: list[Tensor] = []
+        self._frozen: list[dict[str, Tensor]] = []  # the global and previous models, "m."-prefixed
+        self._extra: list[Tensor] = []  # the term's gradients, summed over an accumulation group
+        self._params: list[Tensor] = []
+        self._wrapper: _Representation | None = None
+        self._scale = 0.0
         self._x: Tensor | None = None
 
     def check_module(self, module: L.LightningModule) -> None:
@@ -288,7 +291,7 @@ class ContrastiveTerm(ClientTerm):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._new_prev = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
-        self._frozen, self._extra, self._params = [], [], []
+        self._frozen, self._extra, self._params, self._wrapper = [], [], [], None
 
     def client_state(self) -> dict[str, Any] | None:
         """``{"prev": state_dict}``: this client's model after its local update, for ``z_prev``
