@@ -16,8 +16,9 @@ Eight sections (``--sections``), each printed as a table and written to ``--out`
    ``(peak RSS - RSS before the model existed) / model bytes``, the RSS before taken after a
    warm-up FedCross fit of a tiny CNN in the same process (Lightning, TensorBoard and the
    allocator's arenas set up, about 50 MB that are no model copy). Target: K + 3 (the K
-   middleware models, and the local net with its gradient and momentum). Run twice: under glibc's
-   default allocator settings and with a fixed mmap threshold (:data:`ALLOCATORS`).
+   middleware models, and the local net with its gradient and momentum). Run under glibc's
+   default allocator settings and with a fixed mmap threshold (:data:`ALLOCATORS`), each
+   ``--memory-repeats`` times in fresh processes (median, lowest and highest).
 4. ``rounds``: median seconds per round (evaluation excluded) of the accuracy benchmark's
    Fashion-MNIST CNN workload (100 clients, 10 per round, 5 local epochs, batch 50) for each
    executor. Flower's simulation is compared if ``flwr`` is installed (it is not a dependency).
@@ -278,15 +279,25 @@ ALLOCATORS = {"glibc default": {}, "mmap threshold 128 KiB": {"MALLOC_MMAP_THRES
 
 
 def section_memory(args) -> list[dict]:
+    """Each allocator setting's copy count: the median of ``--memory-repeats`` fresh processes
+    (the peak RSS varies by a few tenths of a copy between identical runs, with where the
+    allocator's free chunks happen to lie), with the lowest and highest."""
     rows = []
     for allocator, env in ALLOCATORS.items():
-        out = subprocess.run([sys.executable, __file__, "--memory-child", str(args.k)], capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": "1", **env})
-        line = [ln for ln in out.stdout.splitlines() if ln.startswith("MEMORY ")]
-        if out.returncode or not line:
-            raise RuntimeError(f"memory child failed: {out.stderr[-2000:]}")
-        rows.append({"allocator": allocator, **json.loads(line[-1][7:])})
-        _print_row(rows[-1], ["allocator", "K", "model_MiB", "peak_over_base_MiB", "copies", "target_copies"])
+        runs = []
+        for _ in range(args.memory_repeats):
+            out = subprocess.run([sys.executable, __file__, "--memory-child", str(args.k)], capture_output=True,
+                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("MEMORY ")]
+            if out.returncode or not line:
+                raise RuntimeError(f"memory child failed: {out.stderr[-2000:]}")
+            runs.append(json.loads(line[-1][7:]))
+        copies = sorted(r["copies"] for r in runs)
+        median = sorted(runs, key=lambda r: r["copies"])[len(runs) // 2]
+        rows.append({"allocator": allocator, **median, "copies_min": copies[0], "copies_max": copies[-1],
+                     "runs": len(runs)})
+        _print_row(rows[-1], ["allocator", "K", "model_MiB", "peak_over_base_MiB", "copies", "copies_min",
+                              "copies_max", "target_copies"])
     return rows
 
 
@@ -622,6 +633,7 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=10, help="models in the server and memory sections")
     p.add_argument("--rounds", type=int, default=4, help="rounds per executor in the rounds section")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed.json"))
+    p.add_argument("--memory-repeats", type=int, default=3, help="fresh processes per allocator (median reported)")
     p.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child is not None:

@@ -82,6 +82,8 @@ class _ClientSchedule(L.Callback):
         self.current = index
         task, module = self.tasks[index], self.module
         load_live(module.net, self.live, task.state)
+        if self.runner.state_loaded is not None:
+            self.runner.state_loaded(task)
         if module.holds_client_state:
             source = self.runner.client_state_source
             module.receive_client_state(task.client_state if task.client_state is not None or source is None
@@ -230,10 +232,15 @@ class LocalRunner:
             done (before the next client trains); it may take the result's tensors (``state``,
             ``payload``, ``client_state``) and leave them empty. ``None``: results are returned
             whole. Set by the trainer for one round when its runner trains in this process.
+        state_loaded: called with each task once the net holds its ``state``, before the client
+            trains; it may take the state's tensors away (e.g. park them on disk) until that
+            client's result is sunk or the round ends. ``None``: nothing is called. Set by the
+            trainer for one round when its runner trains in this process.
     """
 
     client_state_source = None
     result_sink = None
+    state_loaded = None
 
     def __init__(self, module: L.LightningModule | dict[str, L.LightningModule], datamodule,
                  trainer_kwargs: dict[str, Any] | None,

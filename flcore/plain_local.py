@@ -101,6 +101,8 @@ def fit_plain(runner, module, tasks: list[ClientTask], rnd: int) -> list[ClientR
         recorder = _LastEpochLoss()
         try:
             user.load_state_dict(task.state)
+            if runner.state_loaded is not None:
+                runner.state_loaded(task)
             if module.keeps_client_state:  # e.g. SCAFFOLD's c_i, as on the fast path
                 source_of = runner.client_state_source
                 module.load_client_state(task.client_state if task.client_state is not None or source_of is None

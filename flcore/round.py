@@ -76,7 +76,9 @@ def run_round(trainer: FederatedTrainer, rnd: int, state: dict[str, Any], store:
                                                 for t in tasks])
     taken: dict[int, float] = {}  # id(result) -> its upload bytes
     parked = trainer._parked
-    reuse = ParkedModels.reusable(strategy, tasks, in_process and parked is not None, stats_due)  # (None: no fit)
+    # (parked is None: no fit; BN entries of the client's own are the store's tensors, never parked)
+    reuse = ParkedModels.reusable(strategy, tasks, in_process and parked is not None and trainer.bn_policy == "average",
+                                  stats_due)
 
     def take(r: ClientResult) -> None:
         """Each successful result once, as soon as it is done: its client state and BN entries
@@ -89,17 +91,26 @@ def run_round(trainer: FederatedTrainer, rnd: int, state: dict[str, Any], store:
             r.client_state = None
         if trainer.bn_policy != "average":  # cloned: aggregation may reuse the results' tensors
             store.stage("bn", r.cid, {k: r.state[k].clone() for k in trainer._bn_keys.get(trainer._client_arch[r.cid], [])})
-        if ParkedModels.may_lend(reuse, r.slot, len(taken), len(tasks)):  # old model to disk, result into its memory
+        if ParkedModels.may_lend(reuse, r.slot, len(taken), len(tasks)):  # the result takes the old model's place
             parked.lend(r, reuse[r.slot])
         if acc is not None:
             acc.add(r)
 
+    def loaded(task: ClientTask) -> None:
+        """The net holds the task's model: it waits on disk for its result (one model copy
+        less in memory while the client trains)."""
+        if ParkedModels.may_lend(reuse, task.slot, len(taken) + 1, len(tasks)):
+            parked.park(task.slot, reuse[task.slot])
+
     if in_process:
         runner.client_state_source, runner.result_sink = (lambda cid: store.get("module", cid)), take
+        runner.state_loaded = loaded if reuse else None
     try:
         outcomes = trainer.executor.run(rnd, tasks, runner)
     finally:
-        runner.client_state_source = runner.result_sink = None
+        runner.client_state_source = runner.result_sink = runner.state_loaded = None
+    if reuse:
+        parked.restore(unlent_only=True)  # a failed client's slot keeps its previous model
     results: list[ClientResult] = [o for o in outcomes if isinstance(o, ClientResult)]
     failures = [o for o in outcomes if isinstance(o, ClientFailure)]
     if failures:
