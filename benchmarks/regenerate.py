@@ -42,7 +42,7 @@ _HETERO_ARGS = ["--baseline", "fedavg_layerwise", "--claims", "benchmarks/hetero
                 "--columns", "group", "final", "last_mean", "early", "rounds_to", "speed", "overtakes", "std", "wall"]
 
 #: Run-name parts of the FedCross K and N ablations (their own report; other settings than the partitions' tables).
-_ABLATIONS = ["_k5__", "_k20__", "_n50__", "_n200__"]
+_ABLATIONS = ["_k5__", "_k20__", "_n50__", "_n200__", "_r2000__"]
 
 REPORTS: list[dict] = [
     {"out": REPRO, "roots": [f"{REPRO}/records"],
