@@ -11,6 +11,7 @@ under ``on_client_failure: raise``), every parked model is put back, so the chec
 last completed round's state. Sequential executor only (the results of other processes arrive
 all at once).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from flcore.functional import state_bytes
 from flcore.messages import ClientResult, ClientTask
 
 __all__ = ["ParkedModels"]
@@ -99,11 +101,8 @@ class ParkedModels:
         path = self.folder / f"slot_{slot}.pt"
         torch.save(model, path)
         self._parked[slot] = (model, path)
-        size = 0
-        for key, tensor in model.items():
-            size += tensor.numel() * tensor.element_size()
-            model[key] = tensor.to("meta")
-        del tensor
+        size = state_bytes(model)
+        model.update({key: tensor.to("meta") for key, tensor in model.items()})
         if size >= TRIM_BYTES:
             trim_heap()
 
